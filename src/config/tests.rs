@@ -1,0 +1,166 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/gatehouse/gatehouse.toml"), text)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[server]
+listen = ["127.0.0.1:8443"]
+
+[tls]
+cert_file = "certs/server.crt"
+key_file = "certs/server.key"
+
+[[routes]]
+name = "gogs"
+kind = "gogs"
+hosts = ["Git.Example.com."]
+upstream = "http://127.0.0.1:3000"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.max_connections, defaults::MAX_CONNECTIONS);
+    assert_eq!(c.server.timeouts.header_read, defaults::HEADER_READ);
+    assert!(c.server.trusted_proxies.is_empty());
+    let r = &c.routes[0];
+    assert_eq!(r.hosts, ["git.example.com"]);
+    assert_eq!(r.path_prefix, "/");
+    assert_eq!(r.max_body_bytes, defaults::MAX_BODY_BYTES);
+    assert!(r.websocket);
+    // Relative paths are anchored at the config file's directory.
+    assert_eq!(
+        c.tls.unwrap().cert_file,
+        Path::new("/etc/gatehouse/certs/server.crt")
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../gatehouse.example.toml");
+    let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.routes.iter().any(|r| r.kind == RouteKind::Gogs));
+    assert!(c.routes.iter().any(|r| r.kind == RouteKind::Otlp));
+}
+
+#[test]
+fn unknown_keys_are_errors_with_line_and_column() {
+    let text = MINIMAL.replace("kind = \"gogs\"", "kind = \"gogs\"\nupstream_url = \"x\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with("/etc/gatehouse/gatehouse.toml:12:1"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].contains("unknown field `upstream_url`"), "{}", p[0]);
+}
+
+#[test]
+fn unknown_route_kind_lists_the_allowed_ones() {
+    let p = problems(&MINIMAL.replace("kind = \"gogs\"", "kind = \"gitea\""));
+    assert!(p[0].contains(":11:8:"), "{}", p[0]);
+    assert!(
+        p[0].contains("gogs") && p[0].contains("otlp") && p[0].contains("plain"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn bad_values_name_their_key_and_place() {
+    let text = MINIMAL
+        .replace("http://127.0.0.1:3000", "ftp://127.0.0.1:3000")
+        .replace("listen = [\"127.0.0.1:8443\"]", "listen = [\"localhost:8443\"]\ntrusted_proxies = [\"10.0.0.0/33\"]\nshutdown_grace = \"30\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|l| l.contains(":3:11: server.listen[0]") && l.contains("not a socket address")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains(":4:20: server.trusted_proxies[0]")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains(":5:18: server.shutdown_grace") && l.contains("ms, s, m or h")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("routes[0].upstream") && l.contains("allowed: http, https")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn upstream_with_path_or_credentials_is_refused() {
+    let p = problems(&MINIMAL.replace("http://127.0.0.1:3000", "http://u:p@127.0.0.1:3000/gogs"));
+    assert!(p.iter().any(|l| l.contains("credentials")), "{p:#?}");
+    assert!(p.iter().any(|l| l.contains("path or query")), "{p:#?}");
+}
+
+#[test]
+fn duplicate_names_and_host_claims_are_refused() {
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"gogs\"\nkind = \"plain\"\nhosts = [\"git.example.com\"]\nupstream = \"http://127.0.0.1:4000\"\n"
+    );
+    let p = problems(&text);
+    assert!(p.iter().any(|l| l.contains("used twice")), "{p:#?}");
+    assert!(p.iter().any(|l| l.contains("already claimed")), "{p:#?}");
+}
+
+#[test]
+fn tls_listener_without_tls_section_is_refused() {
+    let text = MINIMAL.replace(
+        "[tls]\ncert_file = \"certs/server.crt\"\nkey_file = \"certs/server.key\"\n",
+        "",
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|l| l.contains("need a [tls] section")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let p = problems("[server]\nlisten = [\"127.0.0.1:1\"\n");
+    assert!(
+        p[0].starts_with("/etc/gatehouse/gatehouse.toml:2:"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn host_with_port_or_scheme_is_refused() {
+    let p = problems(&MINIMAL.replace("Git.Example.com.", "https://git.example.com"));
+    assert!(p[0].contains("routes[0].hosts[0]"), "{}", p[0]);
+}
+
+#[test]
+fn websocket_needs_http1_upstream() {
+    let text = MINIMAL.replace(
+        "upstream = \"http://127.0.0.1:3000\"",
+        "upstream = \"http://127.0.0.1:3000\"\nupstream_protocol = \"http2\"\nwebsocket = true",
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|l| l.contains("routes[0].websocket")),
+        "{p:#?}"
+    );
+}

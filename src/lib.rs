@@ -1,0 +1,14 @@
+//! gatehouse: an identity-aware TLS gateway in front of Gogs and the Lightstep ingest API.
+//!
+//! The crate is laid out along a request's path: [`server`] accepts connections and speaks
+//! TLS and HTTP, [`proxy`] decides what each request is and forwards it, [`config`] describes
+//! what the operator asked for, [`telemetry`] reports what happened. ARCHITECTURE.md follows
+//! one request through these modules.
+
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod config;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,197 @@
+//! The `gatehouse` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use gatehouse::config::Config;
+use gatehouse::server::{self, ServeOptions};
+
+/// An identity-aware TLS gateway in front of Gogs and the Lightstep ingest API.
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about, long_about = None)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GATEHOUSE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT (SIGHUP reloads config and certificate).
+    Serve {
+        /// Configuration file.
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Write the bound listener addresses to this file once listening.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Validate the configuration (and the files it names) without serving; exit 1 on problems.
+    Check {
+        /// Configuration file.
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Certificate helpers.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA (ca.crt, ca.key) and a server certificate signed by it
+    /// (server.crt, server.key) for the configured host names plus localhost.
+    Dev {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Take host names from this configuration's routes.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Additional host name or IP address (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, addr_file } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(server::serve(config, ServeOptions { addr_file }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => Ok(check(&config)),
+        Command::Certs {
+            command:
+                CertsCommand::Dev {
+                    out,
+                    config,
+                    hosts,
+                    force,
+                },
+        } => {
+            let mut names: Vec<String> = Vec::new();
+            if let Some(path) = &config {
+                let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                for route in &config.routes {
+                    names.extend(route.hosts.iter().filter(|h| *h != "*").cloned());
+                }
+            }
+            names.extend(hosts);
+            names.extend(gatehouse::certs::LOCAL_NAMES.iter().map(|s| s.to_string()));
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
+            let certs = gatehouse::certs::generate(&names)?;
+            for path in gatehouse::certs::write(&out, &certs, force)? {
+                println!("wrote {}", path.display());
+            }
+            println!("server certificate names: {}", names.join(", "));
+            println!("clients trust {}", out.join("ca.crt").display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Validates everything `serve` would load, reporting every problem found.
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    if let Some(tls) = &config.tls {
+        if let Err(e) = gatehouse::server::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+            eprintln!("{}: tls: {e}", path.display());
+            ok = false;
+        }
+    }
+    for route in &config.routes {
+        if let Err(e) = gatehouse::proxy::client::build(route) {
+            eprintln!("{}: {e}", path.display());
+            ok = false;
+        }
+    }
+    if !ok {
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}: OK ({} route{}, {} TLS listener{}, {} plain listener{})",
+        path.display(),
+        config.routes.len(),
+        plural(config.routes.len()),
+        config.server.listen.len(),
+        plural(config.server.listen.len()),
+        config.server.plaintext_listen.len(),
+        plural(config.server.plaintext_listen.len()),
+    );
+    ExitCode::SUCCESS
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

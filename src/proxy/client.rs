@@ -1,0 +1,168 @@
+//! Pooled connections to upstreams and the mapping of their failures.
+//!
+//! One client per route: each route may have its own CA bundle and protocol, and each keeps
+//! its own keep-alive pool. `https://` upstreams are reached over TLS only (no silent
+//! downgrade); a route with `upstream_ca_file` trusts that bundle alone, others trust the
+//! system roots (which honour `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+use super::body::{BodyError, find_body_error};
+use super::error::ProxyError;
+use crate::config::{RouteConfig, UpstreamProtocol};
+use crate::server::tls::{TlsError, provider, read_certificates};
+use crate::telemetry::metrics::UpstreamErrorKind;
+
+/// What the gateway sends upstream: any streaming body whose errors say why it stopped.
+pub type ForwardBody = UnsyncBoxBody<Bytes, BodyError>;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("route {route}: upstream CA: {source}")]
+    Ca {
+        route: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error("route {route}: upstream CA {path}: {message}")]
+    BadCa {
+        route: String,
+        path: String,
+        message: String,
+    },
+    #[error("route {route}: TLS setup: {source}")]
+    Tls {
+        route: String,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            let loaded = rustls_native_certs::load_native_certs();
+            for e in &loaded.errors {
+                tracing::warn!(error = %e, "some system CA certificates could not be loaded");
+            }
+            let (added, ignored) = store.add_parsable_certificates(loaded.certs);
+            tracing::debug!(added, ignored, "system CA certificates loaded");
+            Arc::new(store)
+        })
+        .clone()
+}
+
+/// Builds the pooled client for one route.
+pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
+    let roots = match &route.upstream.ca_file {
+        None => system_roots(),
+        Some(path) => {
+            let certs = read_certificates(path).map_err(|source| ClientBuildError::Ca {
+                route: route.name.clone(),
+                source,
+            })?;
+            let mut store = RootCertStore::empty();
+            for cert in certs {
+                store.add(cert).map_err(|e| ClientBuildError::BadCa {
+                    route: route.name.clone(),
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            Arc::new(store)
+        }
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| ClientBuildError::Tls {
+            route: route.name.clone(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(route.timeouts.connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if route.upstream.scheme == http::uri::Scheme::HTTPS {
+        builder.https_only()
+    } else {
+        builder.https_or_http()
+    };
+    let connector = match route.upstream.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
+
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        // The gateway sets Host itself (upstream authority or the client's, per route).
+        .set_host(false);
+    if route.upstream.protocol == UpstreamProtocol::Http2 {
+        client.http2_only(true);
+    }
+    Ok(client.build(connector))
+}
+
+/// Maps a failed upstream exchange to the answer the client gets.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+    if let Some(body) = find_body_error(err) {
+        return match body {
+            BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(*limit),
+            BodyError::Timeout(_) => ProxyError::BodyTimeout,
+            BodyError::Stream(_) => ProxyError::BodyMalformed,
+        };
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut kind = if err.is_connect() {
+        UpstreamErrorKind::Connect
+    } else {
+        UpstreamErrorKind::Reset
+    };
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            kind = UpstreamErrorKind::Tls;
+            break;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut && err.is_connect() {
+                kind = UpstreamErrorKind::ConnectTimeout;
+                break;
+            }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                kind = UpstreamErrorKind::Tls;
+                break;
+            }
+        }
+        source = e.source();
+    }
+    ProxyError::Upstream(kind)
+}

@@ -1,0 +1,432 @@
+//! The request path through the gateway, stage by stage.
+//!
+//! [`Gateway::handle`] is the one place the stages are put in order; each stage lives in its
+//! own module and knows nothing of sockets. See ARCHITECTURE.md for the whole picture.
+
+pub mod body;
+pub mod client;
+pub mod downstream;
+pub mod endpoints;
+pub mod error;
+pub mod headers;
+pub mod host;
+pub mod path;
+pub mod request_id;
+pub mod response;
+pub mod route;
+pub mod upgrade;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Extensions, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
+
+use crate::config::{Config, UpstreamProtocol};
+use crate::telemetry::metrics::{Metrics, RouteMetrics, UpstreamErrorKind, method_index};
+use body::{Guarded, Progress};
+use client::{ClientBuildError, ForwardBody};
+use downstream::{Downstream, InFlight};
+use error::ProxyError;
+use headers::{ForwardingFacts, X_REQUEST_ID};
+use host::HostRef;
+use response::{ResponseBody, error_response};
+use route::{Route, RouteTable};
+
+/// Everything derived from one configuration, swapped as a whole on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    /// Metrics for requests refused before a route was chosen.
+    pub unrouted: RouteMetrics,
+}
+
+impl Runtime {
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Runtime, ClientBuildError> {
+        Ok(Runtime {
+            routes: RouteTable::build(&config, metrics)?,
+            unrouted: metrics.for_route("-"),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The gateway: shared by every connection.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+/// A refusal or failure, with the route when one had been chosen (for metrics).
+struct Failure {
+    error: ProxyError,
+    route: Option<Arc<Route>>,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure { error, route: None }
+    }
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Installs a new configuration; requests already running finish with the old one.
+    pub fn install(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Readiness turns 503 so load balancers stop sending new work.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Answers one request. Never fails: every problem becomes a response.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        down: &Downstream,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let mut in_flight = Some(down.activity.begin());
+        let rt = self.runtime.load_full();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let trusted = down.is_trusted(&rt.config.server.trusted_proxies);
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if trusted && headers::usable_request_id(v) => v.clone(),
+            _ => request_id::generate(),
+        };
+
+        let outcome = self
+            .proxy(req, down, &rt, trusted, &request_id, &mut in_flight)
+            .await;
+        let (mut resp, route, failure) = match outcome {
+            Ok((resp, route)) => (resp, route, None),
+            Err(Failure { error, route }) => {
+                let resp = error_response(&error, &request_id);
+                (resp, route, Some(error))
+            }
+        };
+        if let Some(marker) = in_flight.take() {
+            let body = std::mem::replace(resp.body_mut(), ResponseBody::empty());
+            *resp.body_mut() = body.with_in_flight(marker);
+        }
+
+        let status = resp.status();
+        let metrics = route.as_ref().map_or(&rt.unrouted, |r| &r.metrics);
+        metrics.observe(
+            method_index(&method),
+            status.as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        match &failure {
+            Some(ProxyError::Upstream(kind)) => metrics.upstream_error(*kind),
+            Some(e) => self.metrics.rejected(e.reason()),
+            None => {}
+        }
+        if rt.config.server.access_log || failure.is_some() {
+            let route_name = route.as_ref().map_or("-", |r| r.config.name.as_str());
+            let id = request_id.to_str().unwrap_or("-");
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            match &failure {
+                None => {
+                    tracing::info!(target: "gatehouse::access", request_id = id, peer = %down.peer, %method, path = uri.path(), route = route_name, status = status.as_u16(), ms)
+                }
+                Some(e) => {
+                    tracing::warn!(target: "gatehouse::access", request_id = id, peer = %down.peer, %method, path = uri.path(), route = route_name, status = status.as_u16(), ms, reason = %e)
+                }
+            }
+        }
+        resp
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        down: &Downstream,
+        rt: &Runtime,
+        trusted: bool,
+        request_id: &HeaderValue,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<(Response<ResponseBody>, Option<Arc<Route>>), Failure> {
+        // Stage 1: framing. Violations seen below hyper close the connection unanswered-for.
+        if let Some(why) = down.framing.violation() {
+            return Err(ProxyError::Framing(why).into());
+        }
+        match *req.method() {
+            Method::CONNECT => return Err(ProxyError::MethodNotAllowed("CONNECT").into()),
+            Method::TRACE => return Err(ProxyError::MethodNotAllowed("TRACE").into()),
+            _ => {}
+        }
+
+        // Stage 2: one canonical host, agreeing with the target and the TLS server name.
+        let host = request_host(&req, down)?;
+        // Stage 3: the path is checked, never rewritten: what is routed is what is forwarded.
+        let path = req.uri().path();
+        path::check_path(path).map_err(ProxyError::from)?;
+
+        // Stage 4: the gateway's own endpoints, then the route.
+        if endpoints::is_gateway_path(path) {
+            let draining = self.draining.load(Ordering::Acquire);
+            return Ok((
+                endpoints::serve(req.method(), path, draining, request_id)?,
+                None,
+            ));
+        }
+        let route = rt.routes.lookup(&host, path)?.clone();
+        let forwarded_host = if host.canonical {
+            match req.uri().authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => req.headers().get(header::HOST).cloned(),
+            }
+        } else {
+            None
+        }
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&host.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        });
+
+        match forward(
+            req,
+            down,
+            &route,
+            trusted,
+            request_id,
+            forwarded_host,
+            in_flight,
+        )
+        .await
+        {
+            Ok(resp) => Ok((resp, Some(route))),
+            Err(error) => Err(Failure {
+                error,
+                route: Some(route),
+            }),
+        }
+    }
+}
+
+/// The request's host: exactly one `Host` (HTTP/1) or `:authority` (HTTP/2), agreeing with an
+/// absolute-form target, the listener's scheme and the TLS server name.
+fn request_host<'r>(
+    req: &'r Request<Incoming>,
+    down: &Downstream,
+) -> Result<HostRef<'r>, ProxyError> {
+    let default_port = down.default_port();
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    let from_header = match first {
+        None => None,
+        Some(v) => Some(HostRef::parse(
+            v.to_str().map_err(|_| host::HostError::BadChar)?,
+            default_port,
+        )?),
+    };
+    if let Some(scheme) = req.uri().scheme_str() {
+        if scheme != down.proto() {
+            return Err(ProxyError::AuthorityMismatch);
+        }
+    }
+    let from_target = match req.uri().authority() {
+        None => None,
+        Some(a) => Some(HostRef::parse(a.as_str(), default_port)?),
+    };
+    let host = match (from_target, from_header) {
+        (Some(t), Some(h)) if t.same_as(&h) => h,
+        (Some(_), Some(_)) => return Err(ProxyError::AuthorityMismatch),
+        (Some(t), None) if req.version() == Version::HTTP_2 => t,
+        (Some(_), None) | (None, None) => return Err(ProxyError::MissingHost),
+        (None, Some(h)) => h,
+    };
+    if let Some(sni) = &down.sni {
+        if !host.name_eq(sni) {
+            return Err(ProxyError::SniMismatch);
+        }
+    }
+    Ok(host)
+}
+
+/// Stages 5 to 7: header hygiene, the upstream exchange, and the response on its way back.
+async fn forward(
+    req: Request<Incoming>,
+    down: &Downstream,
+    route: &Arc<Route>,
+    trusted: bool,
+    request_id: &HeaderValue,
+    forwarded_host: HeaderValue,
+    in_flight: &mut Option<InFlight>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let rc = &route.config;
+    let limit = rc.max_body_bytes;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(ProxyError::Framing("malformed Content-Length"))?;
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+    }
+
+    let (mut parts, body) = req.into_parts();
+    // Any Upgrade header stops the HTTP/1 framing check; such a connection is closed after
+    // the response unless it really switched protocols.
+    let asked_upgrade = parts.headers.contains_key(header::UPGRADE);
+    let intent = headers::strip_hop_by_hop(&mut parts.headers)?;
+    headers::strip_spoofable(&mut parts.headers, trusted);
+    headers::set_forwarding(
+        &mut parts.headers,
+        ForwardingFacts {
+            peer_ip: &down.peer_ip,
+            proto: down.proto(),
+            host: forwarded_host.clone(),
+            trusted_peer: trusted,
+        },
+    );
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let host_value = if rc.preserve_host {
+        forwarded_host
+    } else {
+        route.upstream_host.clone()
+    };
+    parts.headers.insert(header::HOST, host_value);
+
+    // Upgrades: only WebSocket, only where the route allows it, only from HTTP/1.1.
+    let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+    let upgrade = match (intent.upgrade, client_upgrade) {
+        (Some(value), Some(on))
+            if rc.websocket
+                && upgrade::is_websocket(&value)
+                && parts.version == Version::HTTP_11 =>
+        {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, value);
+            Some(on)
+        }
+        _ => None,
+    };
+    if rc.upstream.protocol == UpstreamProtocol::Http2 && intent.te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(rc.upstream.scheme.clone())
+        .authority(rc.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::Framing("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+    parts.extensions = Extensions::new();
+
+    let progress = if body.is_end_stream() {
+        None
+    } else {
+        Some(Progress::new())
+    };
+    let forward_body: ForwardBody = match &progress {
+        None => Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        Some(p) => Guarded::new(body, limit, rc.timeouts.body_read, false)
+            .with_progress(p.clone())
+            .boxed_unsync(),
+    };
+    let started = Instant::now();
+    let mut pending = std::pin::pin!(
+        route
+            .client
+            .request(Request::from_parts(parts, forward_body))
+    );
+    let mut deadline = started + rc.timeouts.response;
+    let mut resp = loop {
+        tokio::select! {
+            result = &mut pending => break result.map_err(|e| {
+                let mapped = client::classify(&e);
+                tracing::debug!(route = %rc.name, error = ?e, "upstream exchange failed");
+                mapped
+            })?,
+            () = tokio::time::sleep_until(deadline) => {
+                let due = progress.as_ref().map_or(started, |p| p.last().max(started)) + rc.timeouts.response;
+                if Instant::now() >= due {
+                    return Err(ProxyError::Upstream(UpstreamErrorKind::Timeout));
+                }
+                deadline = due;
+            }
+        }
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = if switching {
+        resp.extensions_mut().remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_response(&mut parts.headers, switching);
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.extensions = Extensions::new();
+    match (switching, upgrade, upstream_upgrade) {
+        (true, Some(client_side), Some(upstream_side)) => {
+            upgrade::spawn_tunnel(
+                client_side,
+                upstream_side,
+                rc.name.clone(),
+                down.conn_guard.clone(),
+            );
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+        // 101 to a request the gateway did not upgrade: the upstream is confused.
+        (true, _, _) => return Err(ProxyError::Upstream(UpstreamErrorKind::Reset)),
+        (false, _, _) => {
+            if asked_upgrade {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+    }
+    let body = Guarded::new(body, u64::MAX, rc.timeouts.body_read, true);
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, route.clone(), in_flight.take()),
+    ))
+}

@@ -1,0 +1,231 @@
+//! Listeners, the accept loop, signals and graceful shutdown.
+//!
+//! Plumbing only: this module moves bytes and connections and knows nothing of routes or
+//! policy; every request is handed to [`crate::proxy::Gateway::handle`].
+
+pub mod conn;
+pub mod h1_guard;
+pub mod reload;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::proxy::client::ClientBuildError;
+use crate::proxy::{Gateway, Runtime};
+use crate::telemetry::metrics::Metrics;
+use conn::{Accepted, ConnSettings};
+use tls::{CertResolver, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Client(#[from] ClientBuildError),
+    #[error("cannot write {}: {source}", path.display())]
+    AddrFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handling: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Options that are about this process rather than the gateway's configuration.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    /// Write the bound addresses here once listening (`https=...`, `http=...`, `metrics=...`
+    /// lines), so supervisors and tests can use port 0.
+    pub addr_file: Option<PathBuf>,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let resolver = match &config.tls {
+        Some(t) => Some(CertResolver::new(tls::load_certified_key(
+            &t.cert_file,
+            &t.key_file,
+        )?)),
+        None => None,
+    };
+    let acceptor = match &resolver {
+        Some(r) => Some(TlsAcceptor::from(tls::server_config(r.clone())?)),
+        None => None,
+    };
+    let max_connections = config.server.max_connections;
+    let grace = config.server.shutdown_grace;
+    let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::from(&config)));
+    let gateway = Gateway::new(Runtime::build(config.clone(), &metrics)?, metrics.clone());
+    let limits = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut addr_lines = String::new();
+    let mut listeners = Vec::new();
+    for (addr, tls) in config
+        .server
+        .listen
+        .iter()
+        .map(|a| (*a, true))
+        .chain(config.server.plaintext_listen.iter().map(|a| (*a, false)))
+    {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        addr_lines.push_str(&format!("{}={local}\n", if tls { "https" } else { "http" }));
+        tracing::info!(address = %local, tls, "listening");
+        listeners.push((listener, tls));
+    }
+    if let Some(m) = &config.metrics {
+        let listener = TcpListener::bind(m.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: m.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: m.listen,
+            source,
+        })?;
+        addr_lines.push_str(&format!("metrics={local}\n"));
+        tracing::info!(address = %local, "metrics listening");
+        tokio::spawn(crate::telemetry::serve_metrics(
+            listener,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(path) = &options.addr_file {
+        write_atomically(path, &addr_lines).map_err(|source| ServeError::AddrFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+
+    let mut loops = Vec::new();
+    for (listener, tls) in listeners {
+        loops.push(tokio::spawn(accept_loop(AcceptLoop {
+            listener,
+            tls: if tls { acceptor.clone() } else { None },
+            gateway: gateway.clone(),
+            settings: settings.clone(),
+            limits: limits.clone(),
+            stop: stop_rx.clone(),
+        })));
+    }
+    reload::spawn(reload::Reloader {
+        gateway: gateway.clone(),
+        resolver,
+        settings,
+        config_path: config.source.clone(),
+        tls: config.tls.clone(),
+    })
+    .map_err(ServeError::Signal)?;
+
+    wait_for_stop_signal().await.map_err(ServeError::Signal)?;
+    tracing::info!(grace = ?grace, "shutting down: no new connections, draining in-flight requests");
+    gateway.start_draining();
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, limits.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            open = max_connections - limits.available_permits(),
+            "drain deadline reached; closing remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+/// Resolves once shutdown has been signalled (or the signalling side is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+struct AcceptLoop {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    settings: Arc<ArcSwap<ConnSettings>>,
+    limits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Accepts while a connection slot is free; when `max_connections` are open it stops
+/// accepting (the kernel queues new connections) instead of accepting and dropping them.
+async fn accept_loop(mut l: AcceptLoop) {
+    loop {
+        if l.limits.available_permits() == 0 {
+            l.gateway.metrics.connection_limit_reached.inc();
+        }
+        let permit = tokio::select! {
+            p = l.limits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stopped(&mut l.stop) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = l.listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut l.stop) => return,
+        };
+        tokio::spawn(conn::serve(Accepted {
+            stream,
+            peer,
+            tls: l.tls.clone(),
+            gateway: l.gateway.clone(),
+            settings: **l.settings.load(),
+            permit,
+            shutdown: l.stop.clone(),
+        }));
+    }
+}

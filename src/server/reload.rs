@@ -1,0 +1,184 @@
+//! Reloading configuration and certificates while serving.
+//!
+//! Triggers: SIGHUP (config and certificate), and a change to the config file or the
+//! certificate/key files when `tls.watch` is on. Each candidate is loaded and validated in
+//! full before it replaces anything; on any error the running configuration or certificate
+//! stays, the error is logged with its location, and `..._reloads_total{result="error"}` rises.
+//! Listener addresses are bound once: a changed address is reported and needs a restart.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::conn::ConnSettings;
+use super::tls::CertResolver;
+use crate::config::{Config, TlsConfig};
+use crate::proxy::{Gateway, Runtime};
+
+/// Files may be written in several steps (certificate, then key); wait for quiet first.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+pub struct Reloader {
+    pub gateway: Arc<Gateway>,
+    pub resolver: Option<Arc<CertResolver>>,
+    pub settings: Arc<ArcSwap<ConnSettings>>,
+    pub config_path: PathBuf,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Trigger {
+    Signal,
+    ConfigFile,
+    CertFile,
+}
+
+pub fn spawn(mut r: Reloader) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
+    let config_path = std::path::absolute(&r.config_path)?;
+    tokio::spawn(async move {
+        let mut watch = FileWatch::new(tx);
+        watch.update(&config_path, r.tls.as_ref());
+        loop {
+            let first = tokio::select! {
+                _ = hup.recv() => Trigger::Signal,
+                t = rx.recv() => match t { Some(t) => t, None => return },
+            };
+            let mut triggers = HashSet::from([first]);
+            tokio::time::sleep(DEBOUNCE).await;
+            while let Ok(t) = rx.try_recv() {
+                triggers.insert(t);
+            }
+            let config_changed =
+                triggers.contains(&Trigger::Signal) || triggers.contains(&Trigger::ConfigFile);
+            if config_changed {
+                r.reload_config(&config_path);
+                watch.update(&config_path, r.tls.as_ref());
+            }
+            r.reload_certificate();
+        }
+    });
+    Ok(())
+}
+
+impl Reloader {
+    fn reload_config(&mut self, path: &Path) {
+        let metrics = self.gateway.metrics.clone();
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!(
+                        problem = line,
+                        "configuration reload failed; the running configuration stays"
+                    );
+                }
+                metrics.config_reloaded(false);
+                return;
+            }
+        };
+        let old = self.gateway.runtime();
+        if old.config.server.listen != config.server.listen
+            || old.config.server.plaintext_listen != config.server.plaintext_listen
+            || old.config.metrics.as_ref().map(|m| m.listen)
+                != config.metrics.as_ref().map(|m| m.listen)
+        {
+            tracing::warn!("listener addresses changed; they take effect after a restart");
+        }
+        let settings = ConnSettings::from(&config);
+        let tls = config.tls.clone();
+        match Runtime::build(config, &metrics) {
+            Ok(rt) => {
+                self.gateway.install(rt);
+                self.settings.store(Arc::new(settings));
+                self.tls = tls;
+                metrics.config_reloaded(true);
+                tracing::info!(path = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the running configuration stays");
+                metrics.config_reloaded(false);
+            }
+        }
+    }
+
+    fn reload_certificate(&self) {
+        let (Some(resolver), Some(tls)) = (&self.resolver, &self.tls) else {
+            return;
+        };
+        let metrics = &self.gateway.metrics;
+        match resolver.reload(&tls.cert_file, &tls.key_file) {
+            Ok(()) => {
+                metrics.certificate_reloaded(true);
+                tracing::info!(cert = %tls.cert_file.display(), "certificate reloaded");
+            }
+            Err(e) => {
+                metrics.certificate_reloaded(false);
+                tracing::error!(error = %e, "certificate reload failed; the previous certificate stays in use");
+            }
+        }
+    }
+}
+
+/// Watches the directories holding the config and certificate files (editors and cert tools
+/// replace files by rename, which a watch on the file itself would miss).
+struct FileWatch {
+    tx: mpsc::UnboundedSender<Trigger>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl FileWatch {
+    fn new(tx: mpsc::UnboundedSender<Trigger>) -> Self {
+        FileWatch { tx, watcher: None }
+    }
+
+    fn update(&mut self, config: &Path, tls: Option<&TlsConfig>) {
+        let mut files: Vec<(PathBuf, Trigger)> = vec![(config.to_path_buf(), Trigger::ConfigFile)];
+        if let Some(t) = tls.filter(|t| t.watch) {
+            for p in [&t.cert_file, &t.key_file] {
+                if let Ok(abs) = std::path::absolute(p) {
+                    files.push((abs, Trigger::CertFile));
+                }
+            }
+        }
+        let tx = self.tx.clone();
+        let wanted = files.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            for path in &event.paths {
+                for (file, trigger) in &wanted {
+                    if path == file {
+                        let _ = tx.send(*trigger);
+                    }
+                }
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP");
+                return;
+            }
+        };
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|(f, _)| f.parent().map(Path::to_path_buf))
+            .collect();
+        for dir in dirs {
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP");
+            }
+        }
+        self.watcher = Some(watcher);
+    }
+}

@@ -1,0 +1,274 @@
+//! Prometheus metrics.
+//!
+//! Label sets on the request path are resolved once per route when the configuration is
+//! compiled ([`RouteMetrics`]), so recording a request is a few atomic adds: no hashing,
+//! no lock. Methods outside the common set are folded into `OTHER` so a client cannot grow
+//! the label space.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why an upstream exchange failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    ConnectTimeout,
+    Tls,
+    Timeout,
+    Reset,
+    ResponseBody,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 6] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Reset,
+        UpstreamErrorKind::ResponseBody,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::ResponseBody => "response_body",
+        }
+    }
+}
+
+/// Every metric the gateway exports, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    rejected: IntCounterVec,
+    pub active_connections: IntGauge,
+    pub connections: IntCounter,
+    tls_handshake_failures: IntCounterVec,
+    config_reloads: IntCounterVec,
+    certificate_reloads: IntCounterVec,
+    pub connection_limit_reached: IntCounter,
+}
+
+/// Pre-resolved handles for one route (or for requests refused before routing).
+pub struct RouteMetrics {
+    requests: Vec<[IntCounter; 5]>,
+    duration: Vec<Histogram>,
+    upstream_errors: Vec<IntCounter>,
+}
+
+/// Index of a method in the label set.
+pub fn method_index(method: &http::Method) -> usize {
+    match *method {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_requests_total",
+                "Requests answered, by route, method and status class.",
+            ),
+            &["route", "method", "status_class"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_request_duration_seconds",
+                "Time from request head to response head, by route and method.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["route", "method"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_errors_total",
+                "Failed upstream exchanges, by route and kind.",
+            ),
+            &["route", "kind"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_requests_rejected_total",
+                "Requests refused by the gateway before forwarding, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let active_connections = IntGauge::new(
+            "gatehouse_active_connections",
+            "Client connections currently open.",
+        )?;
+        let connections = IntCounter::new(
+            "gatehouse_connections_total",
+            "Client connections accepted.",
+        )?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_tls_handshake_failures_total",
+                "TLS handshakes with clients that failed, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_tls_certificate_reloads_total",
+                "Certificate reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let connection_limit_reached = IntCounter::new(
+            "gatehouse_connection_limit_reached_total",
+            "Times the accept loop waited because max_connections were open.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(active_connections.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(certificate_reloads.clone()))?;
+        registry.register(Box::new(connection_limit_reached.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            rejected,
+            active_connections,
+            connections,
+            tls_handshake_failures,
+            config_reloads,
+            certificate_reloads,
+            connection_limit_reached,
+        })
+    }
+
+    /// Resolves every label combination a route can produce.
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: METHODS
+                .iter()
+                .map(|m| STATUS_CLASSES.map(|c| self.requests.with_label_values(&[route, m, c])))
+                .collect(),
+            duration: METHODS
+                .iter()
+                .map(|m| self.duration.with_label_values(&[route, m]))
+                .collect(),
+            upstream_errors: UpstreamErrorKind::ALL
+                .iter()
+                .map(|k| self.upstream_errors.with_label_values(&[route, k.as_str()]))
+                .collect(),
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn certificate_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.certificate_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+    }
+}
+
+impl RouteMetrics {
+    /// Counts one answered request and its latency.
+    pub fn observe(&self, method: usize, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        if let Some(row) = self.requests.get(method) {
+            row[class].inc();
+        }
+        if let Some(h) = self.duration.get(method) {
+            h.observe(seconds);
+        }
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        let i = UpstreamErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        if let Some(c) = self.upstream_errors.get(i) {
+            c.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_metrics_count_by_method_and_status_class() {
+        let m = Metrics::new().unwrap();
+        let r = m.for_route("gogs");
+        r.observe(method_index(&http::Method::GET), 200, 0.01);
+        r.observe(
+            method_index(&http::Method::from_bytes(b"PROPFIND").unwrap()),
+            404,
+            0.01,
+        );
+        r.upstream_error(UpstreamErrorKind::Timeout);
+        let text = m.render();
+        assert!(text.contains(
+            r#"gatehouse_http_requests_total{method="GET",route="gogs",status_class="2xx"} 1"#
+        ));
+        assert!(text.contains(
+            r#"gatehouse_http_requests_total{method="OTHER",route="gogs",status_class="4xx"} 1"#
+        ));
+        assert!(text.contains(r#"gatehouse_upstream_errors_total{kind="timeout",route="gogs"} 1"#));
+        assert!(text.contains("gatehouse_http_request_duration_seconds_bucket"));
+    }
+}

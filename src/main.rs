@@ -164,11 +164,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     };
     let mut ok = true;
-    if let Some(tls) = &config.tls {
-        if let Err(e) = gatehouse::server::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
-            eprintln!("{}: tls: {e}", path.display());
-            ok = false;
-        }
+    if let Some(tls) = &config.tls
+        && let Err(e) = gatehouse::server::tls::load_certified_key(&tls.cert_file, &tls.key_file)
+    {
+        eprintln!("{}: tls: {e}", path.display());
+        ok = false;
     }
     for route in &config.routes {
         if let Err(e) = gatehouse::proxy::client::build(route) {

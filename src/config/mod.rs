@@ -380,14 +380,14 @@ impl Validator<'_> {
             "server.limits.max_header_bytes",
             defaults::MAX_HEADER_BYTES as u64,
         );
-        if let Some(v) = &s.limits.max_header_bytes {
-            if !(8192..=1 << 24).contains(&max_header_bytes) {
-                self.report(
-                    v,
-                    "server.limits.max_header_bytes",
-                    "must be between 8KiB and 16MiB",
-                );
-            }
+        if let Some(v) = &s.limits.max_header_bytes
+            && !(8192..=1 << 24).contains(&max_header_bytes)
+        {
+            self.report(
+                v,
+                "server.limits.max_header_bytes",
+                "must be between 8KiB and 16MiB",
+            );
         }
         let limits = Limits {
             max_header_bytes: max_header_bytes as usize,
@@ -605,14 +605,14 @@ impl Validator<'_> {
             .websocket
             .as_ref()
             .map_or(websocket_default, |w| *w.get_ref());
-        if let (Some(w), UpstreamProtocol::Http2) = (&r.websocket, protocol) {
-            if *w.get_ref() {
-                self.report(
-                    w,
-                    &key("websocket"),
-                    "WebSocket upgrades need upstream_protocol = \"http1\"",
-                );
-            }
+        if let (Some(w), UpstreamProtocol::Http2) = (&r.websocket, protocol)
+            && *w.get_ref()
+        {
+            self.report(
+                w,
+                &key("websocket"),
+                "WebSocket upgrades need upstream_protocol = \"http1\"",
+            );
         }
 
         let kind = match r.kind {

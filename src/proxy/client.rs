@@ -37,7 +37,7 @@ pub enum ClientBuildError {
     Ca {
         route: String,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     #[error("route {route}: upstream CA {path}: {message}")]
     BadCa {
@@ -76,7 +76,7 @@ pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
         Some(path) => {
             let certs = read_certificates(path).map_err(|source| ClientBuildError::Ca {
                 route: route.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let mut store = RootCertStore::empty();
             for cert in certs {

@@ -247,10 +247,12 @@ fn request_host<'r>(
             default_port,
         )?),
     };
-    if let Some(scheme) = req.uri().scheme_str() {
-        if scheme != down.proto() {
-            return Err(ProxyError::AuthorityMismatch);
-        }
+    if req
+        .uri()
+        .scheme_str()
+        .is_some_and(|scheme| scheme != down.proto())
+    {
+        return Err(ProxyError::AuthorityMismatch);
     }
     let from_target = match req.uri().authority() {
         None => None,
@@ -263,10 +265,8 @@ fn request_host<'r>(
         (Some(_), None) | (None, None) => return Err(ProxyError::MissingHost),
         (None, Some(h)) => h,
     };
-    if let Some(sni) = &down.sni {
-        if !host.name_eq(sni) {
-            return Err(ProxyError::SniMismatch);
-        }
+    if down.sni.as_deref().is_some_and(|sni| !host.name_eq(sni)) {
+        return Err(ProxyError::SniMismatch);
     }
     Ok(host)
 }

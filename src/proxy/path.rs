@@ -61,10 +61,8 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                     }
                     b'%' => {
                         // `%25xx`: one more decode by a lenient upstream would yield `xx`.
-                        if let Ok(second) = decode_pair(bytes.get(i + 3..i + 5)) {
-                            if matches!(second, b'/' | b'\\' | b'.' | 0) {
-                                return Err(PathError::DoubleEncoded);
-                            }
+                        if let Ok(b'/' | b'\\' | b'.' | 0) = decode_pair(bytes.get(i + 3..i + 5)) {
+                            return Err(PathError::DoubleEncoded);
                         }
                     }
                     _ => {}

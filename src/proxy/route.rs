@@ -55,7 +55,7 @@ impl RouteTable {
             }
         }
         let longest_first = |routes: &mut Vec<Arc<Route>>| {
-            routes.sort_by(|a, b| b.config.path_prefix.len().cmp(&a.config.path_prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
         };
         by_host.values_mut().for_each(longest_first);
         longest_first(&mut any_host);

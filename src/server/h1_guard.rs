@@ -414,10 +414,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if this.tracker.state != State::Passthrough {
-                this.tracker.feed(&buf.filled()[before..], &this.flag);
-            }
+        if let Poll::Ready(Ok(())) = res
+            && this.tracker.state != State::Passthrough
+        {
+            this.tracker.feed(&buf.filled()[before..], &this.flag);
         }
         res
     }

@@ -42,7 +42,14 @@ impl GatewayBuilder {
     }
 
     /// A `[[routes]]` entry; `extra` holds further TOML lines (and sub-tables) for it.
-    pub fn route(mut self, name: &str, kind: &str, hosts: &[&str], upstream: &str, extra: &str) -> Self {
+    pub fn route(
+        mut self,
+        name: &str,
+        kind: &str,
+        hosts: &[&str],
+        upstream: &str,
+        extra: &str,
+    ) -> Self {
         let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
         self.routes.push(format!(
             "[[routes]]\nname = {name:?}\nkind = {kind:?}\nhosts = [{}]\nupstream = {upstream:?}\n{extra}\n",
@@ -131,9 +138,16 @@ impl GatewayBuilder {
                 break;
             }
             if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!("gateway exited with {status} before listening:\n{}", gw.log());
+                panic!(
+                    "gateway exited with {status} before listening:\n{}",
+                    gw.log()
+                );
             }
-            assert!(Instant::now() < deadline, "gateway did not start:\n{}", gw.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start:\n{}",
+                gw.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         gw
@@ -180,8 +194,10 @@ impl TestGateway {
     /// The Prometheus text from the metrics listener.
     pub fn metrics_text(&self) -> String {
         let mut s = TcpStream::connect(self.metrics).expect("metrics connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
+            .expect("write");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
@@ -191,7 +207,10 @@ impl TestGateway {
     pub fn metric(&self, sample: &str) -> f64 {
         self.metrics_text()
             .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -229,7 +248,10 @@ impl TestGateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{what} did not happen within {secs}s; gateway log:\n{}", self.log());
+        panic!(
+            "{what} did not happen within {secs}s; gateway log:\n{}",
+            self.log()
+        );
     }
 }
 

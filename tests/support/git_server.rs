@@ -33,13 +33,17 @@ pub struct GitServer {
 impl GitServer {
     /// Serves the bare repositories under `root`.
     pub async fn start(root: &Path) -> GitServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind git server");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind git server");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<(String, HeaderMap)>>> = Arc::default();
         let (root2, seen2) = (root.to_path_buf(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = listener.accept().await else { return };
+                let Ok((stream, peer)) = listener.accept().await else {
+                    return;
+                };
                 let root = root2.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -54,7 +58,12 @@ impl GitServer {
                 });
             }
         });
-        GitServer { addr, root: root.to_path_buf(), seen, task }
+        GitServer {
+            addr,
+            root: root.to_path_buf(),
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -91,11 +100,27 @@ impl Drop for GitServer {
 
 type CgiBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-async fn cgi(req: Request<Incoming>, root: &Path, peer: SocketAddr, seen: Arc<Mutex<Vec<(String, HeaderMap)>>>) -> Response<CgiBody> {
-    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    seen.lock().expect("lock").push((target, req.headers().clone()));
+async fn cgi(
+    req: Request<Incoming>,
+    root: &Path,
+    peer: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+) -> Response<CgiBody> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    seen.lock()
+        .expect("lock")
+        .push((target, req.headers().clone()));
     let h = req.headers();
-    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let mut cmd = Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
@@ -122,17 +147,22 @@ async fn cgi(req: Request<Incoming>, root: &Path, peer: SocketAddr, seen: Arc<Mu
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("spawn git http-backend: {e}")),
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("spawn git http-backend: {e}"),
+            );
+        }
     };
     let mut stdin = child.stdin.take().expect("stdin");
     let stdout = child.stdout.take().expect("stdout");
     let mut body = req.into_body();
     tokio::spawn(async move {
         while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                if stdin.write_all(data).await.is_err() {
-                    return;
-                }
+            if let Some(data) = frame.data_ref()
+                && stdin.write_all(data).await.is_err()
+            {
+                return;
             }
         }
         let _ = stdin.shutdown().await;
@@ -147,19 +177,33 @@ async fn cgi(req: Request<Incoming>, root: &Path, peer: SocketAddr, seen: Arc<Mu
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line).await {
-            Ok(0) | Err(_) => return plain(StatusCode::BAD_GATEWAY, "git http-backend wrote no headers".into()),
+            Ok(0) | Err(_) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    "git http-backend wrote no headers".into(),
+                );
+            }
             Ok(_) => {}
         }
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             break;
         }
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
-            let code = value.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            let code = value
+                .split(' ')
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
             status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        } else if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        } else if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             headers.append(n, v);
         }
     }
@@ -170,7 +214,11 @@ async fn cgi(req: Request<Incoming>, root: &Path, peer: SocketAddr, seen: Arc<Mu
 }
 
 fn plain(status: StatusCode, text: String) -> Response<CgiBody> {
-    let mut r = Response::new(http_body_util::Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -184,7 +232,10 @@ impl http_body::Body for ReaderBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let mut buf = BytesMut::zeroed(64 * 1024);
         let mut rb = ReadBuf::new(&mut buf);
         match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {

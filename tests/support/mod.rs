@@ -12,8 +12,11 @@ pub mod upstream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(unused_imports)]
 pub use gateway::{GatewayBuilder, TestGateway};
+#[allow(unused_imports)]
 pub use git_server::GitServer;
+#[allow(unused_imports)]
 pub use upstream::{Recorded, RecordingUpstream, Reply};
 
 /// The host name the dev certificate is issued for; clients resolve it to 127.0.0.1.
@@ -27,8 +30,13 @@ pub struct DevCa {
 impl DevCa {
     pub fn new() -> DevCa {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = gatehouse::certs::generate(&[HOST.into(), "other.example.test".into(), "localhost".into(), "127.0.0.1".into()])
-            .expect("generate dev certs");
+        let certs = gatehouse::certs::generate(&[
+            HOST.into(),
+            "other.example.test".into(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ])
+        .expect("generate dev certs");
         gatehouse::certs::write(dir.path(), &certs, true).expect("write dev certs");
         DevCa { dir }
     }
@@ -49,7 +57,13 @@ impl DevCa {
         let ca = self.ca();
         let empty = self.dir.path().join("empty-cert-dir");
         let _ = std::fs::create_dir_all(&empty);
-        for var in ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"] {
+        for var in [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+        ] {
             cmd.env(var, &ca);
         }
         cmd.env("SSL_CERT_DIR", &empty);
@@ -90,7 +104,11 @@ pub fn run_with_timeout(cmd: &mut Command, secs: u64) -> (bool, String, String) 
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    (status.success(), out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default())
+    (
+        status.success(),
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    )
 }
 
 /// `git` with a clean, explicit environment: no user config, this CA only, and the test host
@@ -106,7 +124,9 @@ pub fn git(ca: &DevCa, cwd: &Path, gateway_port: u16, args: &[&str]) -> Command 
         .env("GIT_COMMITTER_NAME", "Alice Example")
         .env("GIT_COMMITTER_EMAIL", "alice@example.test")
         .arg("-c")
-        .arg(format!("http.curloptResolve={HOST}:{gateway_port}:127.0.0.1"))
+        .arg(format!(
+            "http.curloptResolve={HOST}:{gateway_port}:127.0.0.1"
+        ))
         .arg("-c")
         .arg(format!("http.sslCAInfo={}", ca.ca().display()))
         .args(args);

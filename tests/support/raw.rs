@@ -8,8 +8,8 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// A TLS client config trusting only `ca`, with the given ALPN protocols.
 pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -31,13 +31,21 @@ pub async fn connect(addr: SocketAddr, ca: &Path, sni: &str) -> TlsStream<TcpStr
     connect_alpn(addr, ca, sni, &[b"http/1.1"]).await
 }
 
-pub async fn connect_alpn(addr: SocketAddr, ca: &Path, sni: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub async fn connect_alpn(
+    addr: SocketAddr,
+    ca: &Path,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("tcp connect");
     let name = ServerName::try_from(sni.to_string()).expect("server name");
-    tokio::time::timeout(Duration::from_secs(5), TlsConnector::from(client_config(ca, alpn)).connect(name, tcp))
-        .await
-        .expect("TLS handshake timed out")
-        .expect("TLS handshake")
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        TlsConnector::from(client_config(ca, alpn)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake")
 }
 
 /// Sends `bytes` and reads until the server closes the connection or goes quiet for 3 s.
@@ -78,7 +86,10 @@ impl Response {
     }
 }
 
-pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S, quiet: Duration) -> Response {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    quiet: Duration,
+) -> Response {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let closed = loop {
@@ -89,7 +100,10 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S, quiet: Du
             Err(_) => break false,
         }
     };
-    Response { text: String::from_utf8_lossy(&buf).into_owned(), closed }
+    Response {
+        text: String::from_utf8_lossy(&buf).into_owned(),
+        closed,
+    }
 }
 
 /// Reads one complete HTTP/1.1 response head (and a Content-Length body) without waiting for
@@ -100,16 +114,50 @@ pub async fn read_one<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Response {
     while !buf.ends_with(b"\r\n\r\n") {
         match tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await {
             Ok(Ok(1)) => buf.push(byte[0]),
-            _ => return Response { text: String::from_utf8_lossy(&buf).into_owned(), closed: true },
+            _ => {
+                return Response {
+                    text: String::from_utf8_lossy(&buf).into_owned(),
+                    closed: true,
+                };
+            }
         }
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
     let len: usize = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
     buf.extend_from_slice(&body);
-    Response { text: String::from_utf8_lossy(&buf).into_owned(), closed: false }
+    Response {
+        text: String::from_utf8_lossy(&buf).into_owned(),
+        closed: false,
+    }
+}
+
+/// Like [`connect`], but reports a failed handshake instead of panicking.
+pub async fn try_connect(
+    addr: SocketAddr,
+    ca: &Path,
+    sni: &str,
+) -> Result<TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("tcp: {e}"))?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        TlsConnector::from(client_config(ca, &[b"http/1.1"])).connect(name, tcp),
+    )
+    .await
+    {
+        Err(_) => Err("handshake timed out".into()),
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Ok(Ok(s)) => Ok(s),
+    }
 }

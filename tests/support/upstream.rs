@@ -61,13 +61,17 @@ pub struct RecordingUpstream {
 
 impl RecordingUpstream {
     pub async fn start(reply: Reply) -> RecordingUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let seen = seen2.clone();
                 let reply = reply.clone();
                 tokio::spawn(async move {
@@ -104,7 +108,11 @@ impl Drop for RecordingUpstream {
     }
 }
 
-async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>, reply: Reply) -> Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+async fn answer(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    reply: Reply,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let index = {
         let mut s = seen.lock().expect("lock");
@@ -152,13 +160,18 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>, rep
             full(200, Bytes::from_static(b"slow ok"))
         }
         Reply::Bytes(n) => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
                 let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
                 let mut left = n;
                 while left > 0 {
                     let take = left.min(chunk.len());
-                    if tx.send(Ok(hyper::body::Frame::data(chunk.slice(..take)))).await.is_err() {
+                    if tx
+                        .send(Ok(hyper::body::Frame::data(chunk.slice(..take))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     left -= take;
@@ -167,9 +180,14 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>, rep
             Response::new(http_body_util::StreamBody::new(ReceiverStream(rx)).boxed())
         }
         Reply::StallBody => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
-                let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first part")))).await;
+                let _ = tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from_static(
+                        b"first part",
+                    ))))
+                    .await;
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 drop(tx);
             });
@@ -193,9 +211,12 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>, rep
                 }
             });
             let mut r = full(101, Bytes::new());
-            r.headers_mut().insert("connection", "Upgrade".parse().expect("hv"));
-            r.headers_mut().insert("upgrade", "websocket".parse().expect("hv"));
-            r.headers_mut().insert("sec-websocket-accept", "test".parse().expect("hv"));
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().expect("hv"));
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("hv"));
+            r.headers_mut()
+                .insert("sec-websocket-accept", "test".parse().expect("hv"));
             r
         }
     }
@@ -206,7 +227,10 @@ pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
 
 impl<T> futures_core::Stream for ReceiverStream<T> {
     type Item = T;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }
@@ -233,12 +257,14 @@ pub async fn broken_upstream(kind: Broken) -> (SocketAddr, tokio::task::JoinHand
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
             match kind {
                 Broken::Reset => {
-                    let _ = s.set_linger(Some(Duration::from_secs(0)));
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::from_secs(0)));
                     drop(s);
                 }
                 Broken::Hang => held.push(s),

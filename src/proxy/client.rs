@@ -138,31 +138,36 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
             BodyError::Stream(_) => ProxyError::BodyMalformed,
         };
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut kind = if err.is_connect() {
-        UpstreamErrorKind::Connect
-    } else {
+    let kind = if has_cause(err, &|e| e.is::<rustls::Error>()) {
+        UpstreamErrorKind::Tls
+    } else if !err.is_connect() {
         UpstreamErrorKind::Reset
+    } else if has_cause(err, &|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    }) {
+        UpstreamErrorKind::ConnectTimeout
+    } else {
+        UpstreamErrorKind::Connect
     };
-    while let Some(e) = source {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            kind = UpstreamErrorKind::Tls;
-            break;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut && err.is_connect() {
-                kind = UpstreamErrorKind::ConnectTimeout;
-                break;
-            }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                kind = UpstreamErrorKind::Tls;
-                break;
-            }
-        }
-        source = e.source();
-    }
     ProxyError::Upstream(kind)
+}
+
+/// Whether `err` or anything it wraps satisfies `test`. Follows `source()` and also looks
+/// inside `io::Error`s, whose `source()` skips the error they carry.
+fn has_cause(
+    err: &(dyn std::error::Error + 'static),
+    test: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    if test(err) {
+        return true;
+    }
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && has_cause(inner, test)
+    {
+        return true;
+    }
+    err.source().is_some_and(|s| has_cause(s, test))
 }

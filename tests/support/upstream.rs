@@ -61,6 +61,22 @@ pub struct RecordingUpstream {
 
 impl RecordingUpstream {
     pub async fn start(reply: Reply) -> RecordingUpstream {
+        Self::start_with(reply, None).await
+    }
+
+    /// Serves over TLS with `cert`/`key`, offering ALPN `h2` and `http/1.1`.
+    pub async fn start_tls(
+        reply: Reply,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> RecordingUpstream {
+        let key = gatehouse::server::tls::load_certified_key(cert, key).expect("upstream cert");
+        let resolver = gatehouse::server::tls::CertResolver::new(key);
+        let config = gatehouse::server::tls::server_config(resolver).expect("upstream TLS config");
+        Self::start_with(reply, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -74,15 +90,30 @@ impl RecordingUpstream {
                 };
                 let seen = seen2.clone();
                 let reply = reply.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
                         let reply = reply.clone();
                         async move { Ok::<_, Infallible>(answer(req, seen, reply).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });

@@ -1,0 +1,1865 @@
+//! Static checks of the container stack: `docker-compose.yml`, the files it mounts from
+//! `deploy/`, the `Dockerfile` and `.dockerignore`.
+//!
+//! Docker cannot run where these tests run, so the stack is kept honest by reading it: every
+//! port, upstream, mount and secret reference in the compose file is checked against the
+//! configuration files it mounts and against what each image documents.
+//!
+//! Each `check_*` function returns the problems it finds. The `repository_*` tests require none
+//! for the files in this repository; the `catches_*` tests copy the files, inject one fault and
+//! require the check to report it, so a check that passes everything cannot go unnoticed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use gatehouse::config::{Config, RouteKind};
+use ipnet::IpNet;
+use serde_yaml_ng::Value;
+
+/// Where the gogs/gogs image reads its custom configuration: `/data/gogs` is the image's Gogs
+/// "custom" directory (gogs/gogs `docker/README.md`, "Custom directory").
+const GOGS_APP_INI: &str = "/data/gogs/conf/app.ini";
+/// The identity header gatehouse sets for Gogs (shared/reference/gogs.md, Authentication).
+const GOGS_AUTH_HEADER: &str = "X-WEBAUTH-USER";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Built from this repository's Dockerfile.
+    Gatehouse,
+    Gogs,
+    Dex,
+    Collector,
+}
+
+/// What an image's documentation says about it.
+struct ImageDoc {
+    /// Image name without tag or digest.
+    repo: &'static str,
+    kind: Kind,
+    /// Container ports the image documents.
+    ports: &'static [u16],
+    /// Config file the image reads when the command does not name one.
+    default_config: Option<&'static str>,
+    /// Where the facts above were read.
+    source: &'static str,
+}
+
+const IMAGES: &[ImageDoc] = &[
+    ImageDoc {
+        repo: "gogs/gogs",
+        kind: Kind::Gogs,
+        ports: &[3000, 22],
+        default_config: Some(GOGS_APP_INI),
+        source: "gogs/gogs docker/README.md: `-p 10022:22 -p 10880:3000 -v /var/gogs:/data`, HTTP_PORT 3000",
+    },
+    ImageDoc {
+        repo: "ghcr.io/dexidp/dex",
+        kind: Kind::Dex,
+        ports: &[5556, 5557, 5558],
+        default_config: Some("/etc/dex/config.docker.yaml"),
+        source: "dexidp/dex Dockerfile (CMD dex serve /etc/dex/config.docker.yaml), config.yaml.dist (web 5556, grpc 5557, telemetry 5558)",
+    },
+    ImageDoc {
+        repo: "otel/opentelemetry-collector",
+        kind: Kind::Collector,
+        ports: &[4317, 4318, 1888, 8888, 8889, 13133, 55679],
+        default_config: Some("/etc/otelcol/config.yaml"),
+        source: "https://opentelemetry.io/docs/collector/install/docker/",
+    },
+    ImageDoc {
+        repo: "otel/opentelemetry-collector-contrib",
+        kind: Kind::Collector,
+        ports: &[4317, 4318, 1888, 8888, 8889, 13133, 55679],
+        default_config: Some("/etc/otelcol-contrib/config.yaml"),
+        source: "https://opentelemetry.io/docs/collector/install/docker/",
+    },
+];
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+/// The stack's files, read from one directory (the repository, or a mutated copy of it).
+struct Stack {
+    root: PathBuf,
+    compose_text: String,
+    compose: Value,
+}
+
+impl Stack {
+    fn load(root: &Path) -> Result<Stack, String> {
+        let path = root.join("docker-compose.yml");
+        let compose_text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let compose: Value = serde_yaml_ng::from_str(&compose_text)
+            .map_err(|e| format!("{} is not valid YAML: {e}", path.display()))?;
+        Ok(Stack {
+            root: root.to_path_buf(),
+            compose_text,
+            compose,
+        })
+    }
+
+    fn repository() -> Stack {
+        Stack::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn read(&self, rel: &str) -> Result<String, String> {
+        let path = self.root.join(rel);
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+
+    /// Services in file order.
+    fn services(&self) -> Vec<(String, &Value)> {
+        self.compose
+            .get("services")
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn service(&self, name: &str) -> Option<&Value> {
+        self.compose.get("services")?.get(name)
+    }
+
+    fn kind(&self, svc: &Value) -> Option<Kind> {
+        if svc.get("build").is_some() {
+            return Some(Kind::Gatehouse);
+        }
+        image_doc(svc).map(|d| d.kind)
+    }
+
+    /// The one service of a kind, or a problem saying why there is not exactly one.
+    fn only(&self, kind: Kind) -> Result<(String, &Value), String> {
+        let mut found: Vec<(String, &Value)> = self
+            .services()
+            .into_iter()
+            .filter(|(_, svc)| self.kind(svc) == Some(kind))
+            .collect();
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(format!("no {kind:?} service in docker-compose.yml")),
+            n => Err(format!(
+                "{n} {kind:?} services in docker-compose.yml, expected one"
+            )),
+        }
+    }
+
+    /// Repository file bind-mounted at `target` in `svc`.
+    fn mounted_file(&self, svc_name: &str, svc: &Value, target: &str) -> Result<PathBuf, String> {
+        let mount = mounts(svc)
+            .into_iter()
+            .find(|m| m.target == target)
+            .ok_or_else(|| format!("service {svc_name:?} mounts nothing at {target}"))?;
+        match repo_relative(&mount.source) {
+            Some(rel) => Ok(self.root.join(rel)),
+            None => Err(format!(
+                "service {svc_name:?} mounts {target} from {:?}, not from a file in the repository",
+                mount.source
+            )),
+        }
+    }
+
+    /// The final stage of the Dockerfile the gatehouse service is built from.
+    fn dockerfile(&self) -> Result<Dockerfile, String> {
+        let (name, svc) = self.only(Kind::Gatehouse)?;
+        let (context, file) = build_paths(svc)
+            .ok_or_else(|| format!("service {name:?}: `build` names no context"))?;
+        let rel = Path::new(&context).join(file);
+        let text = self.read(&rel.to_string_lossy())?;
+        Ok(Dockerfile::parse(&text))
+    }
+
+    /// The gatehouse configuration mounted into the gatehouse service, validated by gatehouse.
+    fn gatehouse_config(&self) -> Result<Config, String> {
+        let (name, svc) = self.only(Kind::Gatehouse)?;
+        let mut args = command(svc);
+        if args.is_empty() {
+            args = self.dockerfile()?.cmd;
+        }
+        let target = config_arg(&args).ok_or_else(|| {
+            format!("service {name:?}: neither its command nor the Dockerfile CMD passes --config")
+        })?;
+        let path = self.mounted_file(&name, svc, &target)?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&path, &text)
+            .map_err(|e| format!("gatehouse rejects {}:\n{e}", path.display()))
+    }
+
+    fn gogs_ini(&self) -> Result<Ini, String> {
+        let (name, svc) = self.only(Kind::Gogs)?;
+        let path = self.mounted_file(&name, svc, GOGS_APP_INI)?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Ok(Ini::parse(&text))
+    }
+
+    fn yaml_config(&self, name: &str, svc: &Value, target: &str) -> Result<Value, String> {
+        let path = self.mounted_file(name, svc, target)?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("{} is not valid YAML: {e}", path.display()))
+    }
+
+    fn dex_config(&self) -> Result<(String, Value), String> {
+        let (name, svc) = self.only(Kind::Dex)?;
+        let args = command(svc);
+        // `dex serve <config>`; without a command the image serves its own template.
+        let target = args
+            .iter()
+            .rev()
+            .find(|a| a.ends_with(".yaml") || a.ends_with(".yml"))
+            .cloned()
+            .or_else(|| {
+                image_doc(svc)
+                    .and_then(|d| d.default_config)
+                    .map(String::from)
+            })
+            .ok_or_else(|| format!("service {name:?}: no Dex config path"))?;
+        let config = self.yaml_config(&name, svc, &target)?;
+        Ok((name, config))
+    }
+
+    fn collector_config(&self) -> Result<Value, String> {
+        let (name, svc) = self.only(Kind::Collector)?;
+        let target = config_arg(&command(svc))
+            .or_else(|| {
+                image_doc(svc)
+                    .and_then(|d| d.default_config)
+                    .map(String::from)
+            })
+            .ok_or_else(|| format!("service {name:?}: no collector config path"))?;
+        self.yaml_config(&name, svc, &target)
+    }
+
+    /// What a service listens on, read from the configuration it is given.
+    fn listeners(&self, name: &str, svc: &Value) -> Result<Vec<Listener>, String> {
+        match self.kind(svc) {
+            Some(Kind::Gatehouse) => {
+                let config = self.gatehouse_config()?;
+                let mut out = Vec::new();
+                for (what, addrs) in [
+                    ("server.listen", &config.server.listen),
+                    ("server.plaintext_listen", &config.server.plaintext_listen),
+                ] {
+                    for a in addrs {
+                        out.push(Listener::new(what, &a.ip().to_string(), a.port()));
+                    }
+                }
+                if let Some(m) = &config.metrics {
+                    out.push(Listener::new(
+                        "metrics.listen",
+                        &m.listen.ip().to_string(),
+                        m.listen.port(),
+                    ));
+                }
+                Ok(out)
+            }
+            Some(Kind::Gogs) => {
+                let ini = self.gogs_ini()?;
+                let addr = ini.get("server", "HTTP_ADDR").unwrap_or("0.0.0.0");
+                let port = match ini.get("server", "HTTP_PORT") {
+                    None => 3000,
+                    Some(p) => p
+                        .parse()
+                        .map_err(|_| format!("app.ini [server] HTTP_PORT {p:?} is not a port"))?,
+                };
+                let mut out = vec![Listener::new("app.ini [server] HTTP_PORT", addr, port)];
+                if !ini.is_true("server", "DISABLE_SSH") {
+                    out.push(Listener::new("the image's sshd", "0.0.0.0", 22));
+                }
+                Ok(out)
+            }
+            Some(Kind::Dex) => {
+                let (_, config) = self.dex_config()?;
+                let mut out = Vec::new();
+                for (section, key) in [
+                    ("web", "http"),
+                    ("web", "https"),
+                    ("grpc", "addr"),
+                    ("telemetry", "http"),
+                ] {
+                    if let Some(addr) = config
+                        .get(section)
+                        .and_then(|s| s.get(key))
+                        .and_then(Value::as_str)
+                    {
+                        let (host, port) = split_host_port(addr).ok_or_else(|| {
+                            format!("Dex {section}.{key} {addr:?} is not host:port")
+                        })?;
+                        out.push(Listener::new(&format!("Dex {section}.{key}"), &host, port));
+                    }
+                }
+                Ok(out)
+            }
+            Some(Kind::Collector) => {
+                let config = self.collector_config()?;
+                collector_listeners(&config)
+            }
+            None => Err(format!(
+                "service {name:?}: image {:?} is not one tests/compose.rs knows; add what its documentation says to IMAGES",
+                svc.get("image").and_then(Value::as_str).unwrap_or("")
+            )),
+        }
+    }
+
+    /// Container ports the image (or, for gatehouse, the Dockerfile's EXPOSE) documents, and
+    /// where that was read.
+    fn documented_ports(&self, svc: &Value) -> Result<(BTreeSet<u16>, &'static str), String> {
+        if self.kind(svc) == Some(Kind::Gatehouse) {
+            let ports = self.dockerfile()?.expose.into_iter().collect();
+            return Ok((ports, "the Dockerfile's EXPOSE"));
+        }
+        image_doc(svc)
+            .map(|d| (d.ports.iter().copied().collect(), d.source))
+            .ok_or_else(|| "image unknown to tests/compose.rs".to_string())
+    }
+}
+
+#[derive(Debug)]
+struct Listener {
+    what: String,
+    host: String,
+    port: u16,
+}
+
+impl Listener {
+    fn new(what: &str, host: &str, port: u16) -> Listener {
+        Listener {
+            what: what.to_string(),
+            host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            port,
+        }
+    }
+
+    /// Whether other containers (and published ports) can reach it: not loopback-only.
+    fn reachable(&self) -> bool {
+        if self.host.is_empty() {
+            return true;
+        }
+        if self.host.eq_ignore_ascii_case("localhost") {
+            return false;
+        }
+        match self.host.parse::<IpAddr>() {
+            Ok(ip) => !ip.is_loopback(),
+            Err(_) => true,
+        }
+    }
+}
+
+fn collector_listeners(config: &Value) -> Result<Vec<Listener>, String> {
+    let receivers = config
+        .get("receivers")
+        .and_then(Value::as_mapping)
+        .ok_or("collector config has no receivers")?;
+    let mut out = Vec::new();
+    for (rname, rdef) in receivers {
+        let rname = rname.as_str().unwrap_or("?");
+        let mut endpoints = Vec::new();
+        if let Some(protocols) = rdef.get("protocols").and_then(Value::as_mapping) {
+            for (pname, pdef) in protocols {
+                let pname = pname.as_str().unwrap_or("?");
+                match pdef.get("endpoint").and_then(Value::as_str) {
+                    Some(e) => {
+                        endpoints.push((format!("receivers.{rname}.protocols.{pname}.endpoint"), e))
+                    }
+                    None => {
+                        return Err(format!(
+                            "collector receivers.{rname}.protocols.{pname} sets no endpoint: since v0.104.0 it then listens on localhost, out of reach of other containers"
+                        ));
+                    }
+                }
+            }
+        } else if let Some(e) = rdef.get("endpoint").and_then(Value::as_str) {
+            endpoints.push((format!("receivers.{rname}.endpoint"), e));
+        }
+        for (what, e) in endpoints {
+            let (host, port) = split_host_port(e)
+                .ok_or_else(|| format!("collector {what} {e:?} is not host:port"))?;
+            out.push(Listener::new(&what, &host, port));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Compose helpers
+
+fn image_doc(svc: &Value) -> Option<&'static ImageDoc> {
+    let repo = image_repo(svc.get("image")?.as_str()?);
+    IMAGES.iter().find(|d| d.repo == repo)
+}
+
+/// `registry/name:tag@digest` without tag and digest.
+fn image_repo(image: &str) -> String {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => image[..i].to_string(),
+        _ => image.to_string(),
+    }
+}
+
+/// `build` as (context, dockerfile).
+fn build_paths(svc: &Value) -> Option<(String, String)> {
+    match svc.get("build")? {
+        Value::String(context) => Some((context.clone(), "Dockerfile".to_string())),
+        b @ Value::Mapping(_) => Some((
+            b.get("context")?.as_str()?.to_string(),
+            b.get("dockerfile")
+                .and_then(Value::as_str)
+                .unwrap_or("Dockerfile")
+                .to_string(),
+        )),
+        _ => None,
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn command(svc: &Value) -> Vec<String> {
+    match svc.get("command") {
+        Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
+        Some(Value::Sequence(items)) => items.iter().filter_map(scalar).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The value of `--config X` or `--config=X`.
+fn config_arg(args: &[String]) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--config" || a == "-c" {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(String::from)
+        }
+    })
+}
+
+struct Mount {
+    source: String,
+    target: String,
+    bind: bool,
+}
+
+fn mounts(svc: &Value) -> Vec<Mount> {
+    let Some(items) = svc.get("volumes").and_then(Value::as_sequence) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::String(s) => {
+                let mut parts = s.split(':');
+                let source = parts.next()?.to_string();
+                let target = parts.next()?.to_string();
+                let bind =
+                    source.starts_with('.') || source.starts_with('/') || source.starts_with('~');
+                Some(Mount {
+                    source,
+                    target,
+                    bind,
+                })
+            }
+            Value::Mapping(_) => Some(Mount {
+                source: item
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                target: item.get("target")?.as_str()?.to_string(),
+                bind: item.get("type").and_then(Value::as_str) == Some("bind"),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `./x/y` (or `.`) as a repository-relative path; `None` for anything else.
+fn repo_relative(source: &str) -> Option<PathBuf> {
+    if source == "." {
+        return Some(PathBuf::from("."));
+    }
+    source
+        .strip_prefix("./")
+        .map(|rest| PathBuf::from(rest.trim_end_matches('/')))
+}
+
+/// One `ports` entry: its text and its container port.
+fn published(svc: &Value) -> Result<Vec<(String, u16, Option<u16>)>, String> {
+    let Some(items) = svc.get("ports") else {
+        return Ok(Vec::new());
+    };
+    let items = items.as_sequence().ok_or("`ports` is not a list")?;
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Value::Mapping(_) => {
+                let target = item
+                    .get("target")
+                    .and_then(scalar)
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| format!("port entry {item:?} has no numeric target"))?;
+                let host = item
+                    .get("published")
+                    .and_then(scalar)
+                    .and_then(|p| p.parse().ok());
+                out.push((format!("{item:?}"), target, host));
+            }
+            other => {
+                let text =
+                    scalar(other).ok_or_else(|| format!("port entry {other:?} is not text"))?;
+                let spec = text.split('/').next().unwrap_or(&text);
+                // [HOST_IP:][HOST_PORT:]CONTAINER_PORT; an IPv6 HOST_IP is bracketed.
+                let (front, container) = match spec.rfind(':') {
+                    Some(i) => (Some(&spec[..i]), &spec[i + 1..]),
+                    None => (None, spec),
+                };
+                let container = container.parse().map_err(|_| {
+                    format!(
+                        "port entry {text:?}: container port {container:?} is not a single port"
+                    )
+                })?;
+                let host = front
+                    .and_then(|f| f.rsplit(':').next())
+                    .and_then(|p| p.parse().ok());
+                out.push((text.clone(), container, host));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn exposed(svc: &Value) -> Result<Vec<u16>, String> {
+    let Some(items) = svc.get("expose") else {
+        return Ok(Vec::new());
+    };
+    items
+        .as_sequence()
+        .ok_or("`expose` is not a list")?
+        .iter()
+        .map(|v| {
+            scalar(v)
+                .and_then(|s| s.split('/').next().and_then(|p| p.parse().ok()))
+                .ok_or_else(|| format!("expose entry {v:?} is not a port"))
+        })
+        .collect()
+}
+
+/// `KEY -> Some(value)` (or `None` for a bare `KEY` passed through from the shell).
+fn environment(svc: &Value) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    match svc.get("environment") {
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                if let Some(k) = k.as_str() {
+                    out.insert(k.to_string(), scalar(v));
+                }
+            }
+        }
+        Some(Value::Sequence(items)) => {
+            for item in items.iter().filter_map(Value::as_str) {
+                match item.split_once('=') {
+                    Some((k, v)) => out.insert(k.to_string(), Some(v.to_string())),
+                    None => out.insert(item.to_string(), None),
+                };
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn depends_on(svc: &Value) -> Vec<String> {
+    match svc.get("depends_on") {
+        Some(Value::Sequence(items)) => items.iter().filter_map(scalar).collect(),
+        Some(Value::Mapping(m)) => m.keys().filter_map(scalar).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Fixed IPv4/IPv6 addresses a service is given on its networks.
+fn fixed_addresses(svc: &Value) -> Vec<IpAddr> {
+    let Some(networks) = svc.get("networks").and_then(Value::as_mapping) else {
+        return Vec::new();
+    };
+    networks
+        .values()
+        .flat_map(|n| ["ipv4_address", "ipv6_address"].map(|k| n.get(k).and_then(Value::as_str)))
+        .flatten()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// `${NAME}`, `${NAME:?message}`, `${NAME?message}`, `${NAME:-}` or `${NAME-}`: a value taken
+/// from the environment with no literal fallback. Returns NAME.
+fn env_reference(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix("${")?.strip_suffix('}')?;
+    let end = inner
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(inner.len());
+    let (name, rest) = inner.split_at(end);
+    let name_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = rest.is_empty()
+        || rest.starts_with(":?")
+        || rest.starts_with('?')
+        || rest == ":-"
+        || rest == "-";
+    (name_ok && rest_ok).then_some(name)
+}
+
+fn looks_secret(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    ["SECRET", "TOKEN", "PASSWORD"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
+/// Host and port of an absolute http(s) URL.
+fn url_host_port(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let default = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (authority, default),
+    };
+    Some((scheme.to_string(), host.to_ascii_lowercase(), port))
+}
+
+// ---------------------------------------------------------------------------------------
+// app.ini and Dockerfile
+
+/// Gogs' app.ini as go-ini reads it with inline comments off: `[section]`, `KEY = VALUE`,
+/// whole-line `;` or `#` comments.
+struct Ini {
+    values: BTreeMap<(String, String), String>,
+    sections: BTreeSet<String>,
+}
+
+impl Ini {
+    fn parse(text: &str) -> Ini {
+        let mut values = BTreeMap::new();
+        let mut sections = BTreeSet::new();
+        let mut section = String::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim().to_string();
+                sections.insert(section.clone());
+            } else if let Some((k, v)) = line.split_once('=') {
+                values.insert(
+                    (section.clone(), k.trim().to_string()),
+                    v.trim().to_string(),
+                );
+            }
+        }
+        Ini { values, sections }
+    }
+
+    fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.values
+            .get(&(section.to_string(), key.to_string()))
+            .map(String::as_str)
+    }
+
+    fn is_true(&self, section: &str, key: &str) -> bool {
+        self.get(section, key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// The parts of a Dockerfile the checks need, for its final stage.
+#[derive(Default)]
+struct Dockerfile {
+    /// Every stage's base image, in order.
+    froms: Vec<String>,
+    /// USER instructions of the final stage.
+    users: Vec<String>,
+    expose: Vec<u16>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    /// Sources of COPY/ADD instructions (all stages) that read the build context.
+    context_sources: Vec<String>,
+}
+
+impl Dockerfile {
+    fn parse(text: &str) -> Dockerfile {
+        // Join continuation lines; comment lines vanish, also inside continuations.
+        let mut instructions = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+                continue;
+            }
+            match trimmed.strip_suffix('\\') {
+                Some(part) => {
+                    current.push_str(part);
+                    current.push(' ');
+                }
+                None => {
+                    current.push_str(trimmed);
+                    instructions.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        if !current.trim().is_empty() {
+            instructions.push(current);
+        }
+
+        let mut d = Dockerfile::default();
+        for ins in instructions {
+            let (word, args) = ins.split_once(char::is_whitespace).unwrap_or((&ins, ""));
+            let args = args.trim();
+            match word.to_ascii_uppercase().as_str() {
+                "FROM" => {
+                    d.froms
+                        .push(args.split_whitespace().next().unwrap_or("").to_string());
+                    d.users.clear();
+                    d.expose.clear();
+                    d.entrypoint.clear();
+                    d.cmd.clear();
+                }
+                "USER" => d.users.push(args.to_string()),
+                "EXPOSE" => d.expose.extend(
+                    args.split_whitespace()
+                        .filter_map(|p| p.split('/').next()?.parse::<u16>().ok()),
+                ),
+                "ENTRYPOINT" => d.entrypoint = exec_form(args),
+                "CMD" => d.cmd = exec_form(args),
+                "COPY" | "ADD" => {
+                    let words: Vec<&str> = args
+                        .split_whitespace()
+                        .filter(|w| !w.starts_with("--"))
+                        .collect();
+                    let from_stage = args.split_whitespace().any(|w| w.starts_with("--from="));
+                    if !from_stage && words.len() >= 2 {
+                        d.context_sources
+                            .extend(words[..words.len() - 1].iter().map(|s| s.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// `["a", "b"]` (exec form) or shell form split on whitespace.
+fn exec_form(args: &str) -> Vec<String> {
+    if args.starts_with('[') {
+        serde_yaml_ng::from_str(args).unwrap_or_default()
+    } else {
+        args.split_whitespace().map(String::from).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks
+
+/// Services exist, each is explained by a comment and has an image or a build, the roles the
+/// stack needs are each filled once.
+fn check_services(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let services = stack.services();
+    if services.is_empty() {
+        problems.push("docker-compose.yml has no `services` mapping with entries".to_string());
+    }
+    let lines: Vec<&str> = stack.compose_text.lines().collect();
+    for (name, svc) in &services {
+        let image = svc
+            .get("image")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty());
+        let build = build_paths(svc);
+        if image.is_none() && build.is_none() {
+            problems.push(format!("service {name:?} has neither `image` nor `build`"));
+        }
+        if let Some((context, file)) = build {
+            let dir = stack.root.join(&context);
+            if !dir.is_dir() {
+                problems.push(format!(
+                    "service {name:?}: build context {context:?} is not a directory"
+                ));
+            } else if !dir.join(&file).is_file() {
+                problems.push(format!(
+                    "service {name:?}: build file {file:?} not found in {context:?}"
+                ));
+            }
+        }
+        // The line before `  name:` (skipping blank lines) must be a comment.
+        let header = format!("  {name}:");
+        match lines.iter().position(|l| l.trim_end() == header) {
+            None => problems.push(format!("service {name:?}: no `{header}` line found")),
+            Some(i) => {
+                let before = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+                if !before.is_some_and(|l| l.trim_start().starts_with('#')) {
+                    problems.push(format!(
+                        "service {name:?} has no comment above it explaining its role"
+                    ));
+                }
+            }
+        }
+    }
+    for kind in [Kind::Gatehouse, Kind::Gogs, Kind::Dex, Kind::Collector] {
+        if let Err(e) = stack.only(kind) {
+            problems.push(e);
+        }
+    }
+    problems
+}
+
+fn check_depends_on(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, svc) in stack.services() {
+        for dep in depends_on(svc) {
+            if dep == name {
+                problems.push(format!("service {name:?} depends on itself"));
+            } else if stack.service(&dep).is_none() {
+                problems.push(format!(
+                    "service {name:?} depends_on {dep:?}, which is not a service in docker-compose.yml"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Published and exposed container ports are ports the service listens on (reachably) and
+/// that its image documents; gatehouse publishes exactly its listen and metrics ports.
+fn check_ports(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, svc) in stack.services() {
+        let listeners = match stack.listeners(&name, svc) {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        let (documented, source) = match stack.documented_ports(svc) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("service {name:?}: {e}"));
+                continue;
+            }
+        };
+        let mut ports: Vec<(String, u16)> = Vec::new();
+        match published(svc) {
+            Ok(p) => ports.extend(
+                p.into_iter()
+                    .map(|(text, c, _)| (format!("ports {text:?}"), c)),
+            ),
+            Err(e) => problems.push(format!("service {name:?}: {e}")),
+        }
+        match exposed(svc) {
+            Ok(p) => ports.extend(p.into_iter().map(|c| (format!("expose {c}"), c))),
+            Err(e) => problems.push(format!("service {name:?}: {e}")),
+        }
+        for (entry, port) in &ports {
+            match listeners.iter().find(|l| l.port == *port) {
+                None => problems.push(format!(
+                    "service {name:?}: {entry} targets container port {port}, but the service listens on {:?}",
+                    listeners.iter().map(|l| format!("{} ({}:{})", l.what, l.host, l.port)).collect::<Vec<_>>()
+                )),
+                Some(l) if !l.reachable() => problems.push(format!(
+                    "service {name:?}: {entry} targets port {port}, but {} binds {} only",
+                    l.what, l.host
+                )),
+                Some(_) => {}
+            }
+            if !documented.contains(port) {
+                problems.push(format!(
+                    "service {name:?}: {entry} targets port {port}, which its image does not document ({documented:?} per {source})"
+                ));
+            }
+        }
+        if stack.kind(svc) == Some(Kind::Gatehouse) {
+            let want: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
+            let got: BTreeSet<u16> = published(svc)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, c, _)| c)
+                .collect();
+            if want != got {
+                problems.push(format!(
+                    "service {name:?} publishes container ports {got:?}, but its config listens on {want:?} (server.listen, server.plaintext_listen, metrics.listen)"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Every gatehouse route reaches a compose service, on a port that service listens on and its
+/// image documents, of the kind the route expects.
+fn check_routes(stack: &Stack) -> Vec<String> {
+    let config = match stack.gatehouse_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let gatehouse_deps = stack
+        .only(Kind::Gatehouse)
+        .map(|(_, svc)| depends_on(svc))
+        .unwrap_or_default();
+    for kind in [RouteKind::Gogs, RouteKind::Otlp] {
+        if !config.routes.iter().any(|r| r.kind == kind) {
+            problems.push(format!("gatehouse config has no {} route", kind.as_str()));
+        }
+    }
+    for route in &config.routes {
+        let up = &route.upstream;
+        let host = up.authority.host();
+        let port = up
+            .authority
+            .port_u16()
+            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let Some(svc) = stack.service(host) else {
+            problems.push(format!(
+                "route {:?}: upstream host {host:?} is not a compose service ({:?})",
+                route.name,
+                stack
+                    .services()
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        let expected = match route.kind {
+            RouteKind::Gogs => Some(Kind::Gogs),
+            RouteKind::Otlp => Some(Kind::Collector),
+            RouteKind::Plain => None,
+        };
+        if let Some(want) = expected
+            && stack.kind(svc) != Some(want)
+        {
+            problems.push(format!(
+                "route {:?} ({}) points at service {host:?}, which is not a {want:?} service",
+                route.name,
+                route.kind.as_str(),
+            ));
+        }
+        match stack.listeners(host, svc) {
+            Ok(listeners) => match listeners.iter().find(|l| l.port == port) {
+                None => problems.push(format!(
+                    "route {:?}: upstream port {port} is not one service {host:?} listens on ({:?})",
+                    route.name,
+                    listeners.iter().map(|l| l.port).collect::<Vec<_>>()
+                )),
+                Some(l) if !l.reachable() => problems.push(format!(
+                    "route {:?}: service {host:?} listens on {port} at {} only, out of gatehouse's reach",
+                    route.name, l.host
+                )),
+                Some(_) => {}
+            },
+            Err(e) => problems.push(e),
+        }
+        match stack.documented_ports(svc) {
+            Ok((doc, source)) if !doc.contains(&port) => problems.push(format!(
+                "route {:?}: upstream port {port} is not a port the {host:?} image documents ({doc:?} per {source})",
+                route.name
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("route {:?}: {e}", route.name)),
+        }
+        if !gatehouse_deps.iter().any(|d| d == host) {
+            problems.push(format!(
+                "route {:?}: gatehouse does not depend_on its upstream service {host:?}",
+                route.name
+            ));
+        }
+    }
+    problems
+}
+
+/// Gogs believes X-WEBAUTH-USER from gatehouse alone, is not published, keeps /data in a
+/// volume and advertises the gateway's URL.
+fn check_gogs(stack: &Stack) -> Vec<String> {
+    let (name, svc) = match stack.only(Kind::Gogs) {
+        Ok(s) => s,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    match published(svc) {
+        Ok(p) if !p.is_empty() => problems.push(format!(
+            "service {name:?} publishes {:?} to the host: only gatehouse may reach Gogs",
+            p.iter().map(|(t, _, _)| t.clone()).collect::<Vec<_>>()
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(e),
+    }
+    if !mounts(svc)
+        .iter()
+        .any(|m| m.target == "/data" || m.target == "/data/")
+    {
+        problems.push(format!(
+            "service {name:?} keeps /data in no volume: repositories would be lost"
+        ));
+    }
+    let ini = match stack.gogs_ini() {
+        Ok(i) => i,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    for key in [
+        "ENABLE_REVERSE_PROXY_AUTHENTICATION",
+        "ENABLE_REVERSE_PROXY_AUTO_REGISTRATION",
+    ] {
+        if !ini.is_true("auth", key) {
+            problems.push(format!(
+                "app.ini [auth] {key} is not true (got {:?})",
+                ini.get("auth", key)
+            ));
+        }
+    }
+    match ini.get("auth", "REVERSE_PROXY_AUTHENTICATION_HEADER") {
+        Some(h) if h.eq_ignore_ascii_case(GOGS_AUTH_HEADER) => {}
+        other => problems.push(format!(
+            "app.ini [auth] REVERSE_PROXY_AUTHENTICATION_HEADER is {other:?}, expected {GOGS_AUTH_HEADER:?}"
+        )),
+    }
+    if ini.sections.contains("service") {
+        problems
+            .push("app.ini has a [service] section: Gogs 0.14 ignores it, use [auth]".to_string());
+    }
+
+    // TRUSTED_PROXY_IPS names gatehouse's fixed address and nothing as wide as "anyone".
+    let trusted: Vec<Result<IpNet, String>> = ini
+        .get("auth", "TRUSTED_PROXY_IPS")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "app.ini [auth] TRUSTED_PROXY_IPS entry {s:?} is not an address or CIDR"
+                    )
+                })
+        })
+        .collect();
+    let trusted: Vec<IpNet> = trusted
+        .into_iter()
+        .filter_map(|t| t.map_err(|e| problems.push(e)).ok())
+        .collect();
+    if trusted.is_empty() {
+        problems.push(
+            "app.ini [auth] TRUSTED_PROXY_IPS is empty: Gogs would not trust gatehouse".to_string(),
+        );
+    }
+    if let Some(wide) = trusted.iter().find(|n| n.prefix_len() == 0) {
+        problems.push(format!(
+            "app.ini [auth] TRUSTED_PROXY_IPS trusts {wide}: everyone could name a user"
+        ));
+    }
+    match stack.only(Kind::Gatehouse) {
+        Ok((gname, gsvc)) => {
+            let addrs = fixed_addresses(gsvc);
+            if addrs.is_empty() {
+                problems.push(format!(
+                    "service {gname:?} has no fixed ipv4_address, so TRUSTED_PROXY_IPS cannot name it"
+                ));
+            }
+            for a in addrs {
+                if !trusted.iter().any(|n| n.contains(&a)) {
+                    problems.push(format!(
+                        "app.ini [auth] TRUSTED_PROXY_IPS {trusted:?} does not include gatehouse's address {a}"
+                    ));
+                }
+            }
+        }
+        Err(e) => problems.push(e),
+    }
+
+    // The URL Gogs puts in links and clone URLs is the gateway's.
+    let url = ini
+        .get("server", "EXTERNAL_URL")
+        .or_else(|| ini.get("server", "ROOT_URL"));
+    let Some(url) = url else {
+        problems.push("app.ini [server] sets neither EXTERNAL_URL nor ROOT_URL".to_string());
+        return problems;
+    };
+    let Some((scheme, host, port)) = url_host_port(url) else {
+        problems.push(format!(
+            "app.ini [server] EXTERNAL_URL {url:?} is not an http(s) URL"
+        ));
+        return problems;
+    };
+    if scheme != "https" {
+        problems.push(format!(
+            "app.ini [server] EXTERNAL_URL {url:?} is not https: the gateway serves TLS"
+        ));
+    }
+    let config = match stack.gatehouse_config() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    if !config
+        .routes
+        .iter()
+        .any(|r| r.kind == RouteKind::Gogs && r.hosts.contains(&host))
+    {
+        problems.push(format!(
+            "app.ini EXTERNAL_URL host {host:?} is not a host of gatehouse's gogs route"
+        ));
+    }
+    let tls_ports: BTreeSet<u16> = config.server.listen.iter().map(|a| a.port()).collect();
+    let host_ports: BTreeSet<u16> = stack
+        .only(Kind::Gatehouse)
+        .ok()
+        .and_then(|(_, g)| published(g).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, c, _)| tls_ports.contains(c))
+        .filter_map(|(_, _, h)| h)
+        .collect();
+    if !host_ports.contains(&port) {
+        problems.push(format!(
+            "app.ini EXTERNAL_URL port {port} is not a host port gatehouse's TLS listener is published on ({host_ports:?})"
+        ));
+    }
+    problems
+}
+
+/// Files mounted from the repository exist (certs/ is generated); named volumes are declared.
+fn check_mounts(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let declared: BTreeSet<String> = stack
+        .compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().filter_map(scalar).collect())
+        .unwrap_or_default();
+    for (name, svc) in stack.services() {
+        for m in mounts(svc) {
+            if let Some(rel) = repo_relative(&m.source) {
+                if rel.starts_with("certs") {
+                    continue; // written by `gatehouse certs dev`, never committed
+                }
+                if !stack.root.join(&rel).exists() {
+                    problems.push(format!(
+                        "service {name:?} mounts {:?} at {}, but {} does not exist in the repository",
+                        m.source,
+                        m.target,
+                        rel.display()
+                    ));
+                }
+            } else if m.bind {
+                problems.push(format!(
+                    "service {name:?} mounts {:?} from outside the repository",
+                    m.source
+                ));
+            } else if !declared.contains(&m.source) {
+                problems.push(format!(
+                    "service {name:?} uses volume {:?}, which the top-level `volumes` does not declare",
+                    m.source
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Secret-looking environment values are references to the environment (documented in
+/// deploy/.env.example), never literals; Dex takes its client secret from the environment.
+fn check_secrets(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let example = stack.read("deploy/.env.example");
+    let documented: BTreeSet<String> = example
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
+        .collect();
+    if let Err(e) = &example {
+        problems.push(e.clone());
+    }
+    for (name, svc) in stack.services() {
+        for (key, value) in environment(svc) {
+            if !looks_secret(&key) {
+                continue;
+            }
+            let Some(value) = value else {
+                continue; // passed through from the shell, no value in the file
+            };
+            match env_reference(&value) {
+                None => problems.push(format!(
+                    "service {name:?}: environment {key} = {value:?} looks like a literal secret; use ${{VAR}} from .env"
+                )),
+                Some(var) if !documented.contains(var) => problems.push(format!(
+                    "service {name:?}: environment {key} reads ${{{var}}}, which deploy/.env.example does not document"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// Dex: a static client whose secret comes from the environment, users in groups, an issuer
+/// on the port Dex serves.
+fn check_oidc(stack: &Stack) -> Vec<String> {
+    let (name, config) = match stack.dex_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let env = stack.service(&name).map(environment).unwrap_or_default();
+    let clients = config.get("staticClients").and_then(Value::as_sequence);
+    if clients.is_none_or(|c| c.is_empty()) {
+        problems.push("Dex config has no staticClients".to_string());
+    }
+    for client in clients.into_iter().flatten() {
+        let id = client.get("id").and_then(Value::as_str).unwrap_or("?");
+        if client.get("secret").is_some() {
+            problems.push(format!(
+                "Dex client {id:?} has a literal `secret`; use secretEnv"
+            ));
+        }
+        match client.get("secretEnv").and_then(Value::as_str) {
+            None => problems.push(format!("Dex client {id:?} has no secretEnv")),
+            Some(var) if !env.contains_key(var) => problems.push(format!(
+                "Dex client {id:?} reads its secret from ${var}, which service {name:?} does not set"
+            )),
+            Some(_) => {}
+        }
+    }
+    let users = config.get("staticPasswords").and_then(Value::as_sequence);
+    let grouped = users
+        .into_iter()
+        .flatten()
+        .filter(|u| {
+            u.get("groups")
+                .and_then(Value::as_sequence)
+                .is_some_and(|g| !g.is_empty())
+        })
+        .count();
+    if grouped == 0 {
+        problems.push("Dex config has no staticPasswords user with groups".to_string());
+    }
+    let issuer = config.get("issuer").and_then(Value::as_str).unwrap_or("");
+    let web_port = config
+        .get("web")
+        .and_then(|w| w.get("http"))
+        .and_then(Value::as_str)
+        .and_then(split_host_port)
+        .map(|(_, p)| p);
+    match url_host_port(issuer) {
+        None => problems.push(format!("Dex issuer {issuer:?} is not an http(s) URL")),
+        Some((_, host, port)) => {
+            if stack.service(&host).is_none() {
+                problems.push(format!(
+                    "Dex issuer host {host:?} is not a compose service: gatehouse could not reach it"
+                ));
+            }
+            if Some(port) != web_port {
+                problems.push(format!(
+                    "Dex issuer port {port} is not web.http's port {web_port:?}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The collector receives OTLP on 4317 (gRPC) and 4318 (HTTP) and exports to `debug`.
+fn check_collector(stack: &Stack) -> Vec<String> {
+    let config = match stack.collector_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let otlp = config.get("receivers").and_then(|r| r.get("otlp"));
+    for (protocol, port) in [("grpc", 4317), ("http", 4318)] {
+        let endpoint = otlp
+            .and_then(|o| o.get("protocols"))
+            .and_then(|p| p.get(protocol))
+            .and_then(|p| p.get("endpoint"))
+            .and_then(Value::as_str);
+        match endpoint.and_then(split_host_port) {
+            Some((_, p)) if p == port => {}
+            _ => problems.push(format!(
+                "collector receivers.otlp.protocols.{protocol}.endpoint is {endpoint:?}, expected port {port}"
+            )),
+        }
+    }
+    if config
+        .get("exporters")
+        .and_then(|e| e.get("debug"))
+        .is_none()
+    {
+        problems.push("collector config defines no debug exporter".to_string());
+    }
+    let pipelines = config
+        .get("service")
+        .and_then(|s| s.get("pipelines"))
+        .and_then(Value::as_mapping);
+    if pipelines.is_none_or(|p| p.is_empty()) {
+        problems.push("collector config has no service.pipelines".to_string());
+    }
+    for (pname, p) in pipelines.into_iter().flatten() {
+        let list = |key: &str| -> Vec<String> {
+            p.get(key)
+                .and_then(Value::as_sequence)
+                .map(|s| s.iter().filter_map(scalar).collect())
+                .unwrap_or_default()
+        };
+        let pname = pname.as_str().unwrap_or("?");
+        if !list("receivers").iter().any(|r| r == "otlp") {
+            problems.push(format!(
+                "collector pipeline {pname:?} does not receive from otlp"
+            ));
+        }
+        if !list("exporters").iter().any(|e| e == "debug") {
+            problems.push(format!(
+                "collector pipeline {pname:?} does not export to debug"
+            ));
+        }
+    }
+    problems
+}
+
+/// The Dockerfile builds with the official rust image, runs as a non-root user, runs
+/// `gatehouse serve --config ...`, exposes 8443 and 9090 and copies nothing secret.
+fn check_dockerfile(stack: &Stack) -> Vec<String> {
+    let d = match stack.dockerfile() {
+        Ok(d) => d,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    if d.froms.len() < 2 {
+        problems.push(format!(
+            "Dockerfile has {} stage(s), expected a multi-stage build",
+            d.froms.len()
+        ));
+    }
+    if !d.froms.first().is_some_and(|f| f.starts_with("rust:")) {
+        problems.push(format!(
+            "Dockerfile builder stage is FROM {:?}, expected the official rust image",
+            d.froms.first()
+        ));
+    }
+    match d.users.last() {
+        None => problems.push(
+            "Dockerfile final stage sets no USER: the container would run as root".to_string(),
+        ),
+        Some(user) => {
+            let name = user.split(':').next().unwrap_or("").trim();
+            if name.is_empty() || name == "root" || name == "0" || name.starts_with('$') {
+                problems.push(format!(
+                    "Dockerfile final stage USER {user:?} is root or not a fixed user"
+                ));
+            }
+        }
+    }
+    if d.entrypoint != ["gatehouse"] {
+        problems.push(format!(
+            "Dockerfile ENTRYPOINT is {:?}, expected [\"gatehouse\"]",
+            d.entrypoint
+        ));
+    }
+    if d.cmd.first().map(String::as_str) != Some("serve") || config_arg(&d.cmd).is_none() {
+        problems.push(format!(
+            "Dockerfile CMD is {:?}, expected serve --config <path>",
+            d.cmd
+        ));
+    }
+    for port in [8443, 9090] {
+        if !d.expose.contains(&port) {
+            problems.push(format!("Dockerfile final stage does not EXPOSE {port}"));
+        }
+    }
+    for src in &d.context_sources {
+        let s = src.to_ascii_lowercase();
+        if s.contains("certs")
+            || s.ends_with(".key")
+            || s.ends_with(".pem")
+            || s.contains(".env")
+            || s == "."
+        {
+            problems.push(format!(
+                "Dockerfile copies {src:?} from the build context: it may hold secrets"
+            ));
+        }
+    }
+    let ignore = stack.read(".dockerignore").unwrap_or_default();
+    let entries: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches('/').trim_end_matches('/'))
+        .collect();
+    for want in ["target", ".git", "certs/*.key"] {
+        if !entries.contains(want) {
+            problems.push(format!(".dockerignore does not exclude {want}"));
+        }
+    }
+    problems
+}
+
+// ---------------------------------------------------------------------------------------
+// The repository's files pass every check
+
+fn assert_clean(what: &str, problems: Vec<String>) {
+    assert!(
+        problems.is_empty(),
+        "{what}: {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    );
+}
+
+#[test]
+fn repository_compose_file_loads_with_the_services_it_needs() {
+    let stack = Stack::repository();
+    assert_clean("services", check_services(&stack));
+}
+
+#[test]
+fn repository_depends_on_names_existing_services() {
+    assert_clean("depends_on", check_depends_on(&Stack::repository()));
+}
+
+#[test]
+fn repository_published_ports_match_what_services_listen_on() {
+    assert_clean("ports", check_ports(&Stack::repository()));
+}
+
+#[test]
+fn repository_gatehouse_routes_reach_compose_services() {
+    assert_clean("gatehouse routes", check_routes(&Stack::repository()));
+}
+
+#[test]
+fn repository_gogs_trusts_only_gatehouse_and_is_not_published() {
+    assert_clean("gogs", check_gogs(&Stack::repository()));
+}
+
+#[test]
+fn repository_mounted_files_exist() {
+    assert_clean("mounts", check_mounts(&Stack::repository()));
+}
+
+#[test]
+fn repository_environment_holds_no_literal_secrets() {
+    assert_clean("secrets", check_secrets(&Stack::repository()));
+}
+
+#[test]
+fn repository_dex_client_and_users() {
+    assert_clean("dex", check_oidc(&Stack::repository()));
+}
+
+#[test]
+fn repository_collector_receives_otlp_and_prints_it() {
+    assert_clean("otel-collector", check_collector(&Stack::repository()));
+}
+
+#[test]
+fn repository_dockerfile_final_stage_runs_as_non_root() {
+    assert_clean("Dockerfile", check_dockerfile(&Stack::repository()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Each check reports a fault injected into a copy of the files
+
+/// Copies the stack's files into a temporary directory, applies `edits` (file, from, to; each
+/// `from` must occur) and loads the copy.
+fn mutated(edits: &[(&str, &str, &str)]) -> (tempfile::TempDir, Stack) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for file in ["docker-compose.yml", "Dockerfile", ".dockerignore"] {
+        fs::copy(src.join(file), dir.path().join(file))
+            .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+    }
+    copy_dir(&src.join("deploy"), &dir.path().join("deploy"));
+    for (file, from, to) in edits {
+        let path = dir.path().join(file);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        assert!(
+            text.contains(from),
+            "mutation: {from:?} not found in {file}"
+        );
+        fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    let stack = Stack::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    (dir, stack)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn assert_reports(problems: Vec<String>, needle: &str) {
+    assert!(
+        problems.iter().any(|p| p.contains(needle)),
+        "expected a problem mentioning {needle:?}, got {problems:?}"
+    );
+}
+
+#[test]
+fn catches_invalid_yaml() {
+    let (dir, _) = mutated(&[]);
+    fs::write(dir.path().join("docker-compose.yml"), "services: [unclosed").unwrap();
+    let err = Stack::load(dir.path())
+        .err()
+        .expect("broken YAML must not load");
+    assert!(err.contains("not valid YAML"), "{err}");
+}
+
+#[test]
+fn catches_a_service_without_image_or_build() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "    image: otel/opentelemetry-collector:0.150.0\n",
+        "",
+    )]);
+    assert_reports(check_services(&stack), "neither `image` nor `build`");
+}
+
+#[test]
+fn catches_a_service_without_a_comment() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "  # dex: the OIDC provider gatehouse signs people in with (static client and users with\n  # groups, development only). Published on its documented port 5556 so browsers can\n  # reach the issuer http://dex:5556/dex (add \"127.0.0.1 dex\" to the host's /etc/hosts).\n",
+        "",
+    )]);
+    assert_reports(check_services(&stack), "service \"dex\" has no comment");
+}
+
+#[test]
+fn catches_depends_on_an_unknown_service() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - otel-collector\n",
+        "      - otel-collector\n      - redis\n",
+    )]);
+    assert_reports(check_depends_on(&stack), "\"redis\"");
+}
+
+#[test]
+fn catches_gatehouse_publishing_a_port_it_does_not_listen_on() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "\"127.0.0.1:9090:9090\"",
+        "\"127.0.0.1:9091:9091\"",
+    )]);
+    let problems = check_ports(&stack);
+    assert_reports(problems.clone(), "targets container port 9091");
+    assert_reports(problems, "but its config listens on");
+}
+
+#[test]
+fn catches_metrics_moved_without_the_published_port() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "listen = \"0.0.0.0:9090\"",
+        "listen = \"0.0.0.0:9100\"",
+    )]);
+    assert_reports(check_ports(&stack), "but its config listens on");
+}
+
+#[test]
+fn catches_a_loopback_only_collector() {
+    let (_d, stack) = mutated(&[(
+        "deploy/otel-collector/config.yaml",
+        "endpoint: 0.0.0.0:4318",
+        "endpoint: localhost:4318",
+    )]);
+    assert_reports(check_ports(&stack), "binds localhost only");
+    assert_reports(check_routes(&stack), "out of gatehouse's reach");
+}
+
+#[test]
+fn catches_an_upstream_on_the_wrong_port() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "\"http://gogs:3000\"",
+        "\"http://gogs:3001\"",
+    )]);
+    assert_reports(check_routes(&stack), "upstream port 3001");
+}
+
+#[test]
+fn catches_an_upstream_that_is_not_a_service() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "\"http://otel-collector:4318\"",
+        "\"http://collector:4318\"",
+    )]);
+    assert_reports(
+        check_routes(&stack),
+        "\"collector\" is not a compose service",
+    );
+}
+
+#[test]
+fn catches_an_otlp_route_pointing_at_gogs() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "\"http://otel-collector:4318\"",
+        "\"http://gogs:3000\"",
+    )]);
+    assert_reports(check_routes(&stack), "not a Collector service");
+}
+
+#[test]
+fn catches_gogs_published_to_the_host() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "    expose:\n      - \"3000\"\n",
+        "    ports:\n      - \"3000:3000\"\n",
+    )]);
+    assert_reports(check_gogs(&stack), "publishes [\"3000:3000\"] to the host");
+}
+
+#[test]
+fn catches_the_wrong_identity_header() {
+    let (_d, stack) = mutated(&[("deploy/gogs/app.ini", "= X-WEBAUTH-USER", "= X-REMOTE-USER")]);
+    assert_reports(check_gogs(&stack), "REVERSE_PROXY_AUTHENTICATION_HEADER");
+}
+
+#[test]
+fn catches_reverse_proxy_authentication_disabled() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gogs/app.ini",
+        "ENABLE_REVERSE_PROXY_AUTHENTICATION    = true",
+        "ENABLE_REVERSE_PROXY_AUTHENTICATION    = false",
+    )]);
+    assert_reports(
+        check_gogs(&stack),
+        "ENABLE_REVERSE_PROXY_AUTHENTICATION is not true",
+    );
+}
+
+#[test]
+fn catches_gogs_trusting_someone_else() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gogs/app.ini",
+        "TRUSTED_PROXY_IPS = 172.30.0.10/32",
+        "TRUSTED_PROXY_IPS = 172.30.0.99/32",
+    )]);
+    assert_reports(
+        check_gogs(&stack),
+        "does not include gatehouse's address 172.30.0.10",
+    );
+    let (_d, stack) = mutated(&[(
+        "deploy/gogs/app.ini",
+        "TRUSTED_PROXY_IPS = 172.30.0.10/32",
+        "TRUSTED_PROXY_IPS = 0.0.0.0/0",
+    )]);
+    assert_reports(check_gogs(&stack), "everyone could name a user");
+}
+
+#[test]
+fn catches_gogs_advertising_its_own_url() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gogs/app.ini",
+        "https://git.localhost:8443/",
+        "http://gogs:3000/",
+    )]);
+    let problems = check_gogs(&stack);
+    assert_reports(problems.clone(), "is not https");
+    assert_reports(problems, "is not a host of gatehouse's gogs route");
+}
+
+#[test]
+fn catches_a_missing_mounted_file() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "./deploy/dex/config.yaml:",
+        "./deploy/dex/missing.yaml:",
+    )]);
+    assert_reports(
+        check_mounts(&stack),
+        "deploy/dex/missing.yaml does not exist",
+    );
+}
+
+#[test]
+fn catches_an_undeclared_volume() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "  gogs-data: {}\n",
+        "  other-data: {}\n",
+    )]);
+    assert_reports(
+        check_mounts(&stack),
+        "\"gogs-data\", which the top-level `volumes` does not declare",
+    );
+}
+
+#[test]
+fn catches_a_literal_secret_in_the_environment() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "DEX_GATEHOUSE_CLIENT_SECRET: ${OIDC_CLIENT_SECRET:?set OIDC_CLIENT_SECRET in .env}",
+        "DEX_GATEHOUSE_CLIENT_SECRET: hunter2",
+    )]);
+    assert_reports(
+        check_secrets(&stack),
+        "DEX_GATEHOUSE_CLIENT_SECRET = \"hunter2\" looks like a literal secret",
+    );
+}
+
+#[test]
+fn catches_a_literal_secret_as_a_default() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "${LIGHTSTEP_ACCESS_TOKEN:-}",
+        "${LIGHTSTEP_ACCESS_TOKEN:-abc123}",
+    )]);
+    assert_reports(check_secrets(&stack), "GATEHOUSE_LIGHTSTEP_ACCESS_TOKEN");
+}
+
+#[test]
+fn catches_an_undocumented_secret_variable() {
+    let (_d, stack) = mutated(&[(
+        "deploy/.env.example",
+        "GOGS_WEBHOOK_SECRET=",
+        "WEBHOOK_SECRET=",
+    )]);
+    assert_reports(
+        check_secrets(&stack),
+        "${GOGS_WEBHOOK_SECRET}, which deploy/.env.example does not document",
+    );
+}
+
+#[test]
+fn catches_a_dex_client_secret_in_the_config() {
+    let (_d, stack) = mutated(&[(
+        "deploy/dex/config.yaml",
+        "    secretEnv: DEX_GATEHOUSE_CLIENT_SECRET",
+        "    secret: hunter2",
+    )]);
+    let problems = check_oidc(&stack);
+    assert_reports(problems.clone(), "literal `secret`");
+    assert_reports(problems, "has no secretEnv");
+}
+
+#[test]
+fn catches_a_collector_that_does_not_print() {
+    let (_d, stack) = mutated(&[(
+        "deploy/otel-collector/config.yaml",
+        "      exporters: [debug]\n    logs:",
+        "      exporters: []\n    logs:",
+    )]);
+    assert_reports(check_collector(&stack), "does not export to debug");
+}
+
+#[test]
+fn catches_a_root_final_stage() {
+    let (_d, stack) = mutated(&[("Dockerfile", "USER 10001:10001", "USER root")]);
+    assert_reports(check_dockerfile(&stack), "USER \"root\" is root");
+    let (_d, stack) = mutated(&[("Dockerfile", "USER 10001:10001", "")]);
+    assert_reports(check_dockerfile(&stack), "sets no USER");
+}
+
+#[test]
+fn a_user_in_the_builder_stage_does_not_count() {
+    let (_d, stack) = mutated(&[
+        (
+            "Dockerfile",
+            "WORKDIR /build\n",
+            "WORKDIR /build\nUSER 1000\n",
+        ),
+        ("Dockerfile", "USER 10001:10001", ""),
+    ]);
+    assert_reports(check_dockerfile(&stack), "sets no USER");
+}
+
+#[test]
+fn catches_the_dockerfile_copying_keys() {
+    let (_d, stack) = mutated(&[(
+        "Dockerfile",
+        "COPY src ./src\n",
+        "COPY src ./src\nCOPY certs/server.key /build/\n",
+    )]);
+    assert_reports(check_dockerfile(&stack), "copies \"certs/server.key\"");
+}
+
+#[test]
+fn env_references_are_recognised_strictly() {
+    assert_eq!(env_reference("${A}"), Some("A"));
+    assert_eq!(env_reference("${A_B:?set it}"), Some("A_B"));
+    assert_eq!(env_reference("${A:-}"), Some("A"));
+    assert_eq!(env_reference("${A:-secret}"), None);
+    assert_eq!(env_reference("prefix${A}"), None);
+    assert_eq!(env_reference("$A"), None);
+    assert_eq!(env_reference("${}"), None);
+}
+
+#[test]
+fn port_entries_are_parsed_in_every_short_form() {
+    let svc: Value = serde_yaml_ng::from_str(
+        "ports: [\"8443\", \"8443:443\", \"127.0.0.1:9090:9090/tcp\", \"[::1]:1:2\", {target: 7, published: \"8\"}, 5]",
+    )
+    .unwrap();
+    let got: Vec<(u16, Option<u16>)> = published(&svc)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c, h)| (c, h))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (8443, None),
+            (443, Some(8443)),
+            (9090, Some(9090)),
+            (2, Some(1)),
+            (7, Some(8)),
+            (5, None)
+        ]
+    );
+}

@@ -13,8 +13,108 @@ pub struct FileConfig {
     pub server: FileServer,
     pub tls: Option<FileTls>,
     pub metrics: Option<FileMetrics>,
+    pub identity: Option<FileIdentity>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    pub oidc: Option<FileOidc>,
+    pub session: Option<FileSession>,
+    #[serde(default)]
+    pub jwt: Vec<FileJwtIssuer>,
+    pub assertion: Option<FileAssertion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOidc {
+    pub issuer: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub client_secret_env: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub username_claim: Option<Spanned<String>>,
+    pub groups_claim: Option<Spanned<String>>,
+    pub groups_source: Option<Spanned<FileGroupsSource>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cli_client_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allowed_return_origins: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileGroupsSource {
+    IdToken,
+    Userinfo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSession {
+    pub keys_env: Option<Spanned<String>>,
+    pub keys_file: Option<Spanned<String>>,
+    pub absolute_lifetime: Option<Spanned<String>>,
+    pub idle_lifetime: Option<Spanned<String>>,
+    pub refresh_before: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJwtIssuer {
+    pub issuer: Spanned<String>,
+    pub audiences: Spanned<Vec<Spanned<String>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub username_claim: Option<Spanned<String>>,
+    pub groups_claim: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAssertion {
+    pub key_file: Spanned<String>,
+    pub lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileAuthMethod {
+    Session,
+    Bearer,
+    Basic,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGogs {
+    pub user_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub credentials: Vec<FileCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredential {
+    pub username: Spanned<String>,
+    pub token_env: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub clients: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtlp {
+    pub access_token_env: Option<Spanned<String>>,
+    pub access_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +195,11 @@ pub struct FileRoute {
     pub preserve_host: Option<bool>,
     pub max_body_bytes: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
+    pub auth: Option<Spanned<Vec<FileAuthMethod>>>,
+    pub public: Option<Spanned<bool>>,
+    pub identity_assertion: Option<bool>,
+    pub gogs: Option<Spanned<FileGogs>>,
+    pub otlp: Option<Spanned<FileOtlp>>,
     #[serde(default)]
     pub timeouts: FileRouteTimeouts,
 }

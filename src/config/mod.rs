@@ -8,9 +8,16 @@
 
 mod error;
 mod file;
+pub mod identity;
+pub mod secret;
 pub mod units;
 
 pub use error::{ConfigError, Diagnostic};
+pub use identity::{
+    AssertionConfig, BrokerCredential, GogsBroker, GroupsSource, IdentityConfig, JwtIssuerConfig,
+    OidcConfig, OtlpBroker, RouteAuth, SessionConfig,
+};
+pub use secret::{Secret, SecretError, SecretRef};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -32,6 +39,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub tls: Option<TlsConfig>,
     pub metrics: Option<MetricsConfig>,
+    pub identity: IdentityConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -141,6 +149,14 @@ pub struct RouteConfig {
     /// Let WebSocket upgrades through.
     pub websocket: bool,
     pub timeouts: RouteTimeouts,
+    /// How callers authenticate.
+    pub auth: RouteAuth,
+    /// Send the gateway-signed identity assertion upstream.
+    pub identity_assertion: bool,
+    /// Identity and credentials toward Gogs (kind `gogs`).
+    pub gogs: Option<GogsBroker>,
+    /// Credentials toward Lightstep (kind `otlp`).
+    pub otlp: Option<OtlpBroker>,
 }
 
 /// Defaults, documented in `gatehouse.example.toml`.
@@ -447,6 +463,7 @@ impl Validator<'_> {
                 .map(|listen| MetricsConfig { listen })
         });
 
+        let identity = self.identity(file.identity.as_ref());
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -457,7 +474,7 @@ impl Validator<'_> {
             );
         }
         for (i, r) in file.routes.iter().enumerate() {
-            let Some(route) = self.route(i, r, &server) else {
+            let Some(route) = self.route(i, r, &server, &identity) else {
                 continue;
             };
             if !names.insert(route.name.clone()) {
@@ -484,11 +501,18 @@ impl Validator<'_> {
             server,
             tls,
             metrics,
+            identity,
             routes,
         }
     }
 
-    fn route(&mut self, i: usize, r: &FileRoute, server: &ServerConfig) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        i: usize,
+        r: &FileRoute,
+        server: &ServerConfig,
+        identity: &IdentityConfig,
+    ) -> Option<RouteConfig> {
         let key = |field: &str| format!("routes[{i}].{field}");
         let name = r.name.get_ref().clone();
         if name.is_empty()
@@ -626,7 +650,26 @@ impl Validator<'_> {
         } else {
             server.limits.max_body_bytes
         };
+        let auth = self.route_auth(i, r, identity);
+        let identity_assertion = match r.identity_assertion {
+            Some(true) if identity.assertion.is_none() => {
+                self.report(
+                    &r.name,
+                    &key("identity_assertion"),
+                    "needs [identity.assertion] with a signing key",
+                );
+                false
+            }
+            Some(v) => v,
+            None => identity.assertion.is_some() && kind != RouteKind::Otlp && !auth.public,
+        };
+        let gogs = self.gogs_broker(i, r);
+        let otlp = self.otlp_broker(i, r);
         Some(RouteConfig {
+            auth,
+            identity_assertion,
+            gogs,
+            otlp,
             name,
             kind,
             hosts,

@@ -25,6 +25,7 @@ name = "gogs"
 kind = "gogs"
 hosts = ["Git.Example.com."]
 upstream = "http://127.0.0.1:3000"
+public = true
 "#;
 
 #[test]
@@ -161,6 +162,136 @@ fn websocket_needs_http1_upstream() {
     let p = problems(&text);
     assert!(
         p.iter().any(|l| l.contains("routes[0].websocket")),
+        "{p:#?}"
+    );
+}
+
+const IDENTITY: &str = r#"
+[identity.oidc]
+issuer = "https://idp.example.com/"
+client_id = "gatehouse"
+client_secret_env = "OIDC_SECRET"
+
+[identity.session]
+keys_file = "keys/session.keys"
+
+[[identity.jwt]]
+issuer = "https://idp.example.com"
+audiences = ["gatehouse"]
+"#;
+
+fn with_identity(route_extra: &str, identity: &str) -> String {
+    MINIMAL
+        .replace("public = true\n", route_extra)
+        .replace("[[routes]]", &format!("{identity}\n[[routes]]"))
+}
+
+#[test]
+fn routes_are_closed_unless_identity_or_public_says_otherwise() {
+    let p = problems(&with_identity("", ""));
+    assert!(
+        p.iter().any(|l| l.contains(
+            "routes[0].auth: session (the default for this route kind) needs [identity.oidc]"
+        ) && l.contains("public = true")),
+        "{p:#?}"
+    );
+    let c = parse(&with_identity("", IDENTITY)).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.routes[0];
+    assert!(r.auth.session && r.auth.bearer && r.auth.basic && !r.auth.public);
+    assert_eq!(
+        c.identity.oidc.as_ref().unwrap().issuer,
+        "https://idp.example.com"
+    );
+    assert_eq!(
+        c.identity.session.as_ref().unwrap().keys,
+        SecretRef::File("/etc/gatehouse/keys/session.keys".into())
+    );
+    assert_eq!(r.gogs.as_ref().unwrap().user_header, "x-webauth-user");
+}
+
+#[test]
+fn shared_secret_algorithms_and_long_leeway_are_refused() {
+    let identity = IDENTITY.replace("audiences = [\"gatehouse\"]", "audiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"HS256\", \"none\"]\nleeway = \"5m\"");
+    let p = problems(&with_identity("", &identity));
+    assert!(
+        p.iter().any(|l| l.contains("identity.jwt[0].algorithms")
+            && l.contains("HS256 is a shared-secret algorithm")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("\"none\" is not a supported algorithm")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("identity.jwt[0].leeway: must be at most 60s")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn secrets_must_be_referenced_exactly_once_and_never_inline() {
+    let identity = IDENTITY.replace(
+        "client_secret_env = \"OIDC_SECRET\"",
+        "client_secret = \"hunter2\"",
+    );
+    let p = problems(&with_identity("", &identity));
+    assert!(p[0].contains("unknown field `client_secret`"), "{p:#?}");
+    let identity = IDENTITY.replace(
+        "client_secret_env = \"OIDC_SECRET\"",
+        "client_secret_env = \"A\"\nclient_secret_file = \"b\"",
+    );
+    let p = problems(&with_identity("", &identity));
+    assert!(p.iter().any(|l| l.contains("set either identity.oidc.client_secret_env or identity.oidc.client_secret_file, not both")), "{p:#?}");
+    let identity = IDENTITY.replace("client_secret_env = \"OIDC_SECRET\"\n", "");
+    let p = problems(&with_identity("", &identity));
+    assert!(
+        p.iter().any(
+            |l| l.contains("client_secret_env or identity.oidc.client_secret_file is required")
+        ),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn issuers_must_be_https() {
+    let identity = IDENTITY.replace(
+        "issuer = \"https://idp.example.com/\"",
+        "issuer = \"http://idp.example.com\"",
+    );
+    let p = problems(&with_identity("", &identity));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("identity.oidc.issuer") && l.contains("https://")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn public_conflicts_with_auth_and_broker_sections_fit_their_kind() {
+    let p = problems(&MINIMAL.replace("public = true\n", "public = true\nauth = [\"bearer\"]\n"));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("a public route takes no auth methods")),
+        "{p:#?}"
+    );
+    let p = problems(&MINIMAL.replace(
+        "public = true\n",
+        "public = true\n[routes.otlp]\naccess_token_env = \"LS\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("routes[0].otlp: only applies to routes of kind \"otlp\"")),
+        "{p:#?}"
+    );
+    let p = problems(&MINIMAL.replace(
+        "public = true\n",
+        "public = true\n[[routes.gogs.credentials]]\nusername = \"broker\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("routes[0].gogs.credentials[0].token_env or")),
         "{p:#?}"
     );
 }

@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod identity;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

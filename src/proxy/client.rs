@@ -33,19 +33,19 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
-    #[error("route {route}: upstream CA: {source}")]
+    #[error("{route}: CA: {source}")]
     Ca {
         route: String,
         #[source]
         source: Box<TlsError>,
     },
-    #[error("route {route}: upstream CA {path}: {message}")]
+    #[error("{route}: CA {path}: {message}")]
     BadCa {
         route: String,
         path: String,
         message: String,
     },
-    #[error("route {route}: TLS setup: {source}")]
+    #[error("{route}: TLS setup: {source}")]
     Tls {
         route: String,
         #[source]
@@ -69,30 +69,39 @@ fn system_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
+/// The roots a client trusts: exactly the certificates in `ca_file`, or the system roots.
+pub fn root_store(
+    ca_file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<Arc<RootCertStore>, ClientBuildError> {
+    let Some(path) = ca_file else {
+        return Ok(system_roots());
+    };
+    let certs = read_certificates(path).map_err(|source| ClientBuildError::Ca {
+        route: what.to_string(),
+        source: Box::new(source),
+    })?;
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store.add(cert).map_err(|e| ClientBuildError::BadCa {
+            route: what.to_string(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(store))
+}
+
 /// Builds the pooled client for one route.
 pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
-    let roots = match &route.upstream.ca_file {
-        None => system_roots(),
-        Some(path) => {
-            let certs = read_certificates(path).map_err(|source| ClientBuildError::Ca {
-                route: route.name.clone(),
-                source: Box::new(source),
-            })?;
-            let mut store = RootCertStore::empty();
-            for cert in certs {
-                store.add(cert).map_err(|e| ClientBuildError::BadCa {
-                    route: route.name.clone(),
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            }
-            Arc::new(store)
-        }
-    };
+    let roots = root_store(
+        route.upstream.ca_file.as_deref(),
+        &format!("route {}", route.name),
+    )?;
     let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| ClientBuildError::Tls {
-            route: route.name.clone(),
+            route: format!("route {}", route.name),
             source,
         })?
         .with_root_certificates(roots)

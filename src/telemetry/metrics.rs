@@ -61,6 +61,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     certificate_reloads: IntCounterVec,
     pub connection_limit_reached: IntCounter,
+    pub identity: std::sync::Arc<crate::identity::IdentityMetrics>,
 }
 
 /// Pre-resolved handles for one route (or for requests refused before routing).
@@ -162,7 +163,9 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(certificate_reloads.clone()))?;
         registry.register(Box::new(connection_limit_reached.clone()))?;
+        let identity = std::sync::Arc::new(crate::identity::IdentityMetrics::new(&registry)?);
         Ok(Metrics {
+            identity,
             registry,
             requests,
             duration,

@@ -203,6 +203,8 @@ name = "gogs"
 kind = "gogs"
 hosts = ["$HOST"]
 upstream = "http://$GIT_ADDR"
+# No sign-in in this demo: the route is served without authentication.
+public = true
 max_body_bytes = "1GiB"
 EOF
 must 30 "gatehouse check" "${CLEAN_ENV[@]}" "$GATEHOUSE" check --config "$WORK/gatehouse.toml"

@@ -170,9 +170,31 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("{}: tls: {e}", path.display());
         ok = false;
     }
-    for route in &config.routes {
-        if let Err(e) = gatehouse::proxy::client::build(route) {
-            eprintln!("{}: {e}", path.display());
+    for (key, secret) in secret_refs(&config) {
+        match secret.load() {
+            Ok(_) => {
+                if let Some(warning) = secret.permission_warning() {
+                    eprintln!("{}: warning: {key}: {warning}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {key}: {e}", path.display());
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return ExitCode::FAILURE;
+    }
+    match gatehouse::telemetry::metrics::Metrics::new() {
+        Ok(metrics) => {
+            if let Err(e) = gatehouse::proxy::Runtime::build(config.clone(), &metrics) {
+                eprintln!("{}: {e}", path.display());
+                ok = false;
+            }
+        }
+        Err(e) => {
+            eprintln!("metrics: {e}");
             ok = false;
         }
     }
@@ -190,6 +212,29 @@ fn check(path: &std::path::Path) -> ExitCode {
         plural(config.server.plaintext_listen.len()),
     );
     ExitCode::SUCCESS
+}
+
+/// Every secret the configuration names, with the key that names it.
+fn secret_refs(config: &Config) -> Vec<(String, &gatehouse::config::SecretRef)> {
+    let id = &config.identity;
+    let mut refs = Vec::new();
+    if let Some(o) = &id.oidc {
+        refs.push(("identity.oidc.client_secret".to_string(), &o.client_secret));
+    }
+    if let Some(s) = &id.session {
+        refs.push(("identity.session.keys".to_string(), &s.keys));
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(g) = &r.gogs {
+            for (j, c) in g.credentials.iter().enumerate() {
+                refs.push((format!("routes[{i}].gogs.credentials[{j}].token"), &c.token));
+            }
+        }
+        if let Some(t) = r.otlp.as_ref().and_then(|o| o.access_token.as_ref()) {
+            refs.push((format!("routes[{i}].otlp.access_token"), t));
+        }
+    }
+    refs
 }
 
 fn plural(n: usize) -> &'static str {

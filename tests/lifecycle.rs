@@ -290,7 +290,7 @@ fn check_reports_every_problem_with_file_line_and_key() {
     // A config whose certificate files are missing is refused by check, naming the file.
     std::fs::write(
         &path,
-        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncert_file = \"missing.crt\"\nkey_file = \"missing.key\"\n[[routes]]\nname = \"gogs\"\nkind = \"gogs\"\nhosts = [\"git.example.com\"]\nupstream = \"http://127.0.0.1:3000\"\n",
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncert_file = \"missing.crt\"\nkey_file = \"missing.key\"\n[[routes]]\nname = \"gogs\"\nkind = \"gogs\"\nhosts = [\"git.example.com\"]\nupstream = \"http://127.0.0.1:3000\"\npublic = true\n",
     )
     .unwrap();
     let (ok, _, err) = run_with_timeout(
@@ -328,12 +328,43 @@ fn check_accepts_the_example_config_with_dev_certificates() {
         out.contains("git.example.com") && out.contains("otlp.example.com"),
         "{out}"
     );
-    let (ok, out, err) = run_with_timeout(
+    // Without its secrets the example is refused, naming the first missing one.
+    let (ok, _, err) = run_with_timeout(
         Command::new(bin).arg("check").arg("--config").arg(&config),
         20,
     );
+    assert!(!ok, "check passed without secrets");
+    assert!(
+        err.contains("environment variable GATEHOUSE_SESSION_KEYS is not set"),
+        "{err}"
+    );
+    // With them (and never echoing them), it passes.
+    let secrets = [
+        (
+            "GATEHOUSE_SESSION_KEYS",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ),
+        ("GATEHOUSE_OIDC_CLIENT_SECRET", "oidc-secret-value-1"),
+        ("GATEHOUSE_GOGS_BROKER_TOKEN", "broker-token-value-2"),
+        (
+            "GATEHOUSE_LIGHTSTEP_ACCESS_TOKEN",
+            "lightstep-token-value-3",
+        ),
+    ];
+    let mut cmd = Command::new(bin);
+    cmd.arg("check").arg("--config").arg(&config);
+    for (k, v) in secrets {
+        cmd.env(k, v);
+    }
+    let (ok, out, err) = run_with_timeout(&mut cmd, 20);
     assert!(ok, "{err}");
     assert!(out.contains("OK (2 routes, 1 TLS listener"), "{out}");
+    for (_, v) in secrets {
+        assert!(
+            !out.contains(v) && !err.contains(v),
+            "check printed a secret"
+        );
+    }
     // Existing files are not overwritten.
     let (ok, _, err) = run_with_timeout(
         Command::new(bin)

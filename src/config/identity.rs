@@ -362,10 +362,10 @@ impl Validator<'_> {
             }
         }
         let leeway = self.duration(&j.leeway, &key("leeway"), defaults::LEEWAY);
-        if leeway > defaults::MAX_LEEWAY {
-            if let Some(l) = &j.leeway {
-                self.report(l, &key("leeway"), "must be at most 60s");
-            }
+        if leeway > defaults::MAX_LEEWAY
+            && let Some(l) = &j.leeway
+        {
+            self.report(l, &key("leeway"), "must be at most 60s");
         }
         JwtIssuerConfig {
             issuer,

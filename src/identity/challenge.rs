@@ -180,10 +180,8 @@ pub fn respond(c: &Challenge, git: bool, request_id: &HeaderValue) -> Response<R
                 if *basic && (git || !*bearer) {
                     h.append(header::WWW_AUTHENTICATE, basic_value.clone());
                 }
-                if *bearer {
-                    if let Ok(v) = HeaderValue::from_str(&bearer_value) {
-                        h.append(header::WWW_AUTHENTICATE, v);
-                    }
+                if *bearer && let Ok(v) = HeaderValue::from_str(&bearer_value) {
+                    h.append(header::WWW_AUTHENTICATE, v);
                 }
                 if *basic && !git && *bearer {
                     h.append(header::WWW_AUTHENTICATE, basic_value);

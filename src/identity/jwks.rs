@@ -160,12 +160,11 @@ impl JwtIssuer {
             let _guard = self.fetch_lock.lock().await;
             // Another request may have fetched while this one waited.
             let since = now_ms().saturating_sub(self.last_attempt_ms.load(Ordering::Acquire));
-            if since >= MIN_REFETCH.as_millis() as u64 || (!self.has_keys() && since >= 1000) {
-                if let Err(e) = self.fetch_locked().await {
-                    if !self.has_keys() {
-                        return Err(e);
-                    }
-                }
+            if (since >= MIN_REFETCH.as_millis() as u64 || (!self.has_keys() && since >= 1000))
+                && let Err(e) = self.fetch_locked().await
+                && !self.has_keys()
+            {
+                return Err(e);
             }
         }
         if !self.has_keys() {

@@ -205,10 +205,10 @@ impl Authenticator {
         if let Some(value) = authorization {
             return self.credential(&value, parts, route).await;
         }
-        if auth.session {
-            if let Some(outcome) = self.session(parts, route, host).await {
-                return outcome;
-            }
+        if auth.session
+            && let Some(outcome) = self.session(parts, route, host).await
+        {
+            return outcome;
         }
         Outcome::Challenge(challenge::unauthenticated(parts, route, "no credentials"))
     }

@@ -141,9 +141,12 @@ pub struct Oidc {
     /// States already redeemed (single use), with their expiry.
     used_states: DashMap<String, u64>,
     /// One refresh per session at a time; others wait for its result.
-    refreshing: DashMap<String, Arc<tokio::sync::Mutex<Option<(u64, Session)>>>>,
+    refreshing: DashMap<String, RefreshSlot>,
     metrics: Arc<IdentityMetrics>,
 }
+
+/// The last refresh of one session: when, and the session it produced.
+type RefreshSlot = Arc<tokio::sync::Mutex<Option<(u64, Session)>>>;
 
 type HttpFuture =
     Pin<Box<dyn Future<Output = Result<openidconnect::HttpResponse, OutboundError>> + Send>>;
@@ -478,10 +481,10 @@ impl Oidc {
             .clone();
         let mut guard = slot.lock().await;
         let now = now();
-        if let Some((at, fresh)) = guard.as_ref() {
-            if now <= at + 30 {
-                return Ok(fresh.clone());
-            }
+        if let Some((at, fresh)) = guard.as_ref()
+            && now <= at + 30
+        {
+            return Ok(fresh.clone());
         }
         let result = self.refresh_once(session, now).await;
         match &result {

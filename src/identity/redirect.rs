@@ -35,7 +35,7 @@ pub fn safe_return_to(raw: &str, own_origin: &str, allowed_origins: &[String]) -
         return None;
     }
     let origin = format!("https://{}", authority.to_ascii_lowercase());
-    if origin == own_origin || allowed_origins.iter().any(|o| *o == origin) {
+    if origin == own_origin || allowed_origins.contains(&origin) {
         Some(raw.to_string())
     } else {
         None

@@ -46,6 +46,8 @@ pub enum ProxyError {
     Upstream(UpstreamErrorKind),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
 }
 
 fn upstream_message(kind: UpstreamErrorKind) -> &'static str {
@@ -81,6 +83,7 @@ impl ProxyError {
             }
             Upstream(_) => StatusCode::BAD_GATEWAY,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -102,6 +105,7 @@ impl ProxyError {
             BodyMalformed => "body_malformed",
             Upstream(_) => "upstream",
             ShuttingDown => "shutting_down",
+            Forbidden(_) => "forbidden",
         }
     }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Extensions, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -30,7 +31,10 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use crate::config::{Config, UpstreamProtocol};
+use crate::broker::{Broker, gogs, otlp};
+use crate::config::{Config, SecretError, UpstreamProtocol};
+use crate::identity::challenge::{self, Challenge, ChallengeKind};
+use crate::identity::{Authenticator, Caller, IdentityBuildError, Outcome, assertion, cookies};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UpstreamErrorKind, method_index};
 use body::{Guarded, Progress};
 use client::{ClientBuildError, ForwardBody};
@@ -41,21 +45,44 @@ use host::HostRef;
 use response::{ResponseBody, error_response};
 use route::{Route, RouteTable};
 
+/// Why a configuration could not be made into a runtime (the running one then stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Client(#[from] ClientBuildError),
+    #[error("{0}")]
+    Identity(#[from] IdentityBuildError),
+    #[error("route {route}: {error}")]
+    Secret { route: String, error: SecretError },
+}
+
 /// Everything derived from one configuration, swapped as a whole on reload.
 pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable,
+    pub identity: Arc<Authenticator>,
     /// Metrics for requests refused before a route was chosen.
     pub unrouted: RouteMetrics,
 }
 
 impl Runtime {
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Runtime, ClientBuildError> {
+    /// Builds routes, clients, brokers and the authenticator; reads secrets and keys. Makes no
+    /// network calls (see [`Runtime::start`]).
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Runtime, RuntimeError> {
         Ok(Runtime {
             routes: RouteTable::build(&config, metrics)?,
+            identity: Arc::new(Authenticator::build(
+                &config.identity,
+                metrics.identity.clone(),
+            )?),
             unrouted: metrics.for_route("-"),
             config: Arc::new(config),
         })
+    }
+
+    /// Starts background work: provider discovery and key refresh.
+    pub fn start(&self) {
+        self.identity.start();
     }
 }
 
@@ -78,6 +105,22 @@ impl From<ProxyError> for Failure {
     }
 }
 
+/// What one request is about, once its host is known.
+pub struct RequestContext<'a> {
+    pub down: &'a Downstream,
+    pub rt: &'a Runtime,
+    pub trusted: bool,
+    pub request_id: &'a HeaderValue,
+    /// Canonical `host[:port]`, as the client addressed the gateway.
+    pub host: HeaderValue,
+}
+
+impl RequestContext<'_> {
+    pub fn host_str(&self) -> &str {
+        self.host.to_str().unwrap_or("")
+    }
+}
+
 impl Gateway {
     pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Gateway> {
         Arc::new(Gateway {
@@ -89,6 +132,7 @@ impl Gateway {
 
     /// Installs a new configuration; requests already running finish with the old one.
     pub fn install(&self, runtime: Runtime) {
+        runtime.start();
         self.runtime.store(Arc::new(runtime));
     }
 
@@ -99,6 +143,10 @@ impl Gateway {
     /// Readiness turns 503 so load balancers stop sending new work.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Answers one request. Never fails: every problem becomes a response.
@@ -124,8 +172,7 @@ impl Gateway {
         let (mut resp, route, failure) = match outcome {
             Ok((resp, route)) => (resp, route, None),
             Err(Failure { error, route }) => {
-                let resp = error_response(&error, &request_id);
-                (resp, route, Some(error))
+                (error_response(&error, &request_id), route, Some(error))
             }
         };
         if let Some(marker) = in_flight.take() {
@@ -170,7 +217,7 @@ impl Gateway {
         request_id: &HeaderValue,
         in_flight: &mut Option<InFlight>,
     ) -> Result<(Response<ResponseBody>, Option<Arc<Route>>), Failure> {
-        // Stage 1: framing. Violations seen below hyper close the connection unanswered-for.
+        // Stage 1: framing. Violations seen below hyper close the connection.
         if let Some(why) = down.framing.violation() {
             return Err(ProxyError::Framing(why).into());
         }
@@ -185,17 +232,7 @@ impl Gateway {
         // Stage 3: the path is checked, never rewritten: what is routed is what is forwarded.
         let path = req.uri().path();
         path::check_path(path).map_err(ProxyError::from)?;
-
-        // Stage 4: the gateway's own endpoints, then the route.
-        if endpoints::is_gateway_path(path) {
-            let draining = self.draining.load(Ordering::Acquire);
-            return Ok((
-                endpoints::serve(req.method(), path, draining, request_id)?,
-                None,
-            ));
-        }
-        let route = rt.routes.lookup(&host, path)?.clone();
-        let forwarded_host = if host.canonical {
+        let canonical_host = if host.canonical {
             match req.uri().authority() {
                 Some(a) => HeaderValue::from_str(a.as_str()).ok(),
                 None => req.headers().get(header::HOST).cloned(),
@@ -207,18 +244,38 @@ impl Gateway {
             HeaderValue::from_str(&host.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
         });
-
-        match forward(
-            req,
+        let ctx = RequestContext {
             down,
-            &route,
+            rt,
             trusted,
             request_id,
-            forwarded_host,
-            in_flight,
-        )
-        .await
-        {
+            host: canonical_host,
+        };
+
+        // Stage 4: the gateway's own endpoints, then the route.
+        if endpoints::is_gateway_path(path) {
+            return Ok((endpoints::serve(req, &ctx, self.draining()).await?, None));
+        }
+        let route = rt.routes.lookup(&host, path)?.clone();
+        let (mut parts, body) = req.into_parts();
+
+        // Stage 5: who is calling. Consumes `Authorization` and the gateway's own cookies.
+        let caller = if route.config.auth.public {
+            None
+        } else {
+            match rt
+                .identity
+                .authenticate(&mut parts, &route.config, ctx.host_str())
+                .await
+            {
+                Outcome::Caller(c) => Some(c),
+                Outcome::Challenge(c) => {
+                    return Ok((challenge_response(c, &parts, &ctx).await, Some(route)));
+                }
+            }
+        };
+
+        match forward(parts, body, &ctx, &route, caller, in_flight).await {
             Ok(resp) => Ok((resp, Some(route))),
             Err(error) => Err(Failure {
                 error,
@@ -226,6 +283,42 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// The gateway's answer to an unauthenticated request: sign-in redirect, 401 or 503.
+async fn challenge_response(
+    c: Challenge,
+    parts: &Parts,
+    ctx: &RequestContext<'_>,
+) -> Response<ResponseBody> {
+    tracing::debug!(reason = %c.reason, path = parts.uri.path(), "authentication required");
+    if let ChallengeKind::Login { return_to } = &c.kind
+        && let Some(oidc) = &ctx.rt.identity.oidc
+    {
+        match oidc.begin(ctx.host_str(), return_to).await {
+            Ok((location, cookie)) => {
+                let mut r = Response::new(ResponseBody::empty());
+                *r.status_mut() = StatusCode::FOUND;
+                let h = r.headers_mut();
+                if let Ok(loc) = HeaderValue::from_str(&location) {
+                    h.insert(header::LOCATION, loc);
+                }
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+                h.append(header::SET_COOKIE, cookie);
+                for clear in &c.clear {
+                    h.append(header::SET_COOKIE, clear.clone());
+                }
+                return r;
+            }
+            Err(e) => {
+                ctx.rt.identity.metrics.login("unavailable");
+                let unavailable = challenge::provider_unavailable(parts, &e.to_string());
+                return challenge::respond(&unavailable, false, ctx.request_id);
+            }
+        }
+    }
+    challenge::respond(&c, challenge::is_git(parts), ctx.request_id)
 }
 
 /// The request's host: exactly one `Host` (HTTP/1) or `:authority` (HTTP/2), agreeing with an
@@ -271,19 +364,18 @@ fn request_host<'r>(
     Ok(host)
 }
 
-/// Stages 5 to 7: header hygiene, the upstream exchange, and the response on its way back.
+/// Stages 6 to 9: header hygiene, brokering, the upstream exchange, and the response.
 async fn forward(
-    req: Request<Incoming>,
-    down: &Downstream,
+    mut parts: Parts,
+    body: Incoming,
+    ctx: &RequestContext<'_>,
     route: &Arc<Route>,
-    trusted: bool,
-    request_id: &HeaderValue,
-    forwarded_host: HeaderValue,
+    caller: Option<Caller>,
     in_flight: &mut Option<InFlight>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let rc = &route.config;
     let limit = rc.max_body_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
             .ok()
@@ -294,26 +386,60 @@ async fn forward(
         }
     }
 
-    let (mut parts, body) = req.into_parts();
-    // Any Upgrade header stops the HTTP/1 framing check; such a connection is closed after
-    // the response unless it really switched protocols.
+    // Stage 6: header hygiene. Any Upgrade header stops the HTTP/1 framing check; such a
+    // connection is closed after the response unless it really switched protocols.
     let asked_upgrade = parts.headers.contains_key(header::UPGRADE);
     let intent = headers::strip_hop_by_hop(&mut parts.headers)?;
-    headers::strip_spoofable(&mut parts.headers, trusted);
+    headers::strip_spoofable(&mut parts.headers, ctx.trusted);
     headers::set_forwarding(
         &mut parts.headers,
         ForwardingFacts {
-            peer_ip: &down.peer_ip,
-            proto: down.proto(),
-            host: forwarded_host.clone(),
-            trusted_peer: trusted,
+            peer_ip: &ctx.down.peer_ip,
+            proto: ctx.down.proto(),
+            host: ctx.host.clone(),
+            trusted_peer: ctx.trusted,
         },
     );
     parts
         .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    // Stage 7: brokering: what this upstream is told about the caller, and with what credential.
+    let sessions = ctx.rt.identity.sessions.as_deref();
+    let mut gogs_surface = None;
+    match (&route.broker, &caller) {
+        (Broker::Gogs(g), Some(c)) => {
+            if let Some(answer) = gogs::takeover(&parts) {
+                return Ok(answer);
+            }
+            gogs_surface = Some(
+                gogs::request(&mut parts, g, c, ctx.host_str(), sessions)
+                    .map_err(ProxyError::Forbidden)?,
+            );
+        }
+        (Broker::Gogs(g), None) => {
+            parts.headers.remove(g.user_header());
+            strip_own_cookies(&mut parts);
+        }
+        (Broker::Otlp(o), _) => {
+            otlp::request(&mut parts, o);
+            strip_own_cookies(&mut parts);
+        }
+        (Broker::None, _) => strip_own_cookies(&mut parts),
+    }
+    if let (true, Some(c), Some(a)) = (rc.identity_assertion, &caller, &ctx.rt.identity.assertion)
+        && let Some(v) = a.sign(
+            &c.identity,
+            c.method,
+            &rc.name,
+            ctx.request_id.to_str().unwrap_or(""),
+        )
+    {
+        parts.headers.insert(assertion::HEADER, v);
+    }
+
     let host_value = if rc.preserve_host {
-        forwarded_host
+        ctx.host.clone()
     } else {
         route.upstream_host.clone()
     };
@@ -355,6 +481,8 @@ async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
 
+    // Stage 8: the upstream exchange, streamed, with the response timed from the end of the
+    // upload.
     let progress = if body.is_end_stream() {
         None
     } else {
@@ -378,9 +506,8 @@ async fn forward(
     let mut resp = loop {
         tokio::select! {
             result = &mut pending => break result.map_err(|e| {
-                let mapped = client::classify(&e);
                 tracing::debug!(route = %rc.name, error = ?e, "upstream exchange failed");
-                mapped
+                client::classify(&e)
             })?,
             () = tokio::time::sleep_until(deadline) => {
                 let due = progress.as_ref().map_or(started, |p| p.last().max(started)) + rc.timeouts.response;
@@ -392,6 +519,7 @@ async fn forward(
         }
     };
 
+    // Stage 9: the response on its way back.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = if switching {
         resp.extensions_mut().remove::<OnUpgrade>()
@@ -402,15 +530,29 @@ async fn forward(
     headers::strip_response(&mut parts.headers, switching);
     parts
         .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     parts.extensions = Extensions::new();
+    if let Some(c) = &caller {
+        if let Some(surface) = gogs_surface {
+            gogs::response(
+                &mut parts.headers,
+                surface,
+                &c.identity,
+                ctx.host_str(),
+                sessions,
+            );
+        }
+        for cookie in &c.set_cookies {
+            parts.headers.append(header::SET_COOKIE, cookie.clone());
+        }
+    }
     match (switching, upgrade, upstream_upgrade) {
         (true, Some(client_side), Some(upstream_side)) => {
             upgrade::spawn_tunnel(
                 client_side,
                 upstream_side,
                 rc.name.clone(),
-                down.conn_guard.clone(),
+                ctx.down.conn_guard.clone(),
             );
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
@@ -429,4 +571,18 @@ async fn forward(
         parts,
         ResponseBody::upstream(body, route.clone(), in_flight.take()),
     ))
+}
+
+/// Removes the gateway's own cookies from what goes upstream.
+fn strip_own_cookies(parts: &mut Parts) {
+    if !parts.headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept = cookies::filtered(&parts.headers, |name, value| {
+        (!name.starts_with(cookies::OWN_PREFIX)).then(|| format!("{name}={value}"))
+    });
+    parts.headers.remove(header::COOKIE);
+    if let Some(v) = kept {
+        parts.headers.insert(header::COOKIE, v);
+    }
 }

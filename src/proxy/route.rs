@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::client::{self, ClientBuildError, UpstreamClient};
+use super::RuntimeError;
+use super::client::{self, UpstreamClient};
 use super::error::ProxyError;
 use super::host::{HostRef, MAX_HOST_LEN};
 use super::path::has_prefix;
+use crate::broker::Broker;
 use crate::config::{Config, RouteConfig};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 
@@ -22,6 +24,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// `Host` sent upstream unless the route preserves the client's.
     pub upstream_host: HeaderValue,
+    /// What the gateway presents upstream on behalf of callers.
+    pub broker: Broker,
 }
 
 /// Every route, indexed by host.
@@ -31,7 +35,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(config: &Config, metrics: &Metrics) -> Result<RouteTable, ClientBuildError> {
+    pub fn build(config: &Config, metrics: &Metrics) -> Result<RouteTable, RuntimeError> {
         let mut by_host: HashMap<Box<str>, Vec<Arc<Route>>> = HashMap::new();
         let mut any_host = Vec::new();
         for rc in &config.routes {
@@ -41,6 +45,10 @@ impl RouteTable {
                 client: client::build(rc)?,
                 metrics: metrics.for_route(&rc.name),
                 upstream_host,
+                broker: Broker::load(rc).map_err(|e| RuntimeError::Secret {
+                    route: rc.name.clone(),
+                    error: e,
+                })?,
                 config: rc.clone(),
             });
             for host in &rc.hosts {

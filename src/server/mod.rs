@@ -19,7 +19,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::proxy::client::ClientBuildError;
 use crate::proxy::{Gateway, Runtime};
 use crate::telemetry::metrics::Metrics;
 use conn::{Accepted, ConnSettings};
@@ -38,7 +37,7 @@ pub enum ServeError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
-    Client(#[from] ClientBuildError),
+    Runtime(#[from] crate::proxy::RuntimeError),
     #[error("cannot write {}: {source}", path.display())]
     AddrFile {
         path: PathBuf,
@@ -74,7 +73,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let max_connections = config.server.max_connections;
     let grace = config.server.shutdown_grace;
     let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::from(&config)));
-    let gateway = Gateway::new(Runtime::build(config.clone(), &metrics)?, metrics.clone());
+    let runtime = Runtime::build(config.clone(), &metrics)?;
+    runtime.start();
+    let gateway = Gateway::new(runtime, metrics.clone());
     let limits = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
 

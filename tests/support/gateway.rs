@@ -15,6 +15,7 @@ pub struct GatewayBuilder {
     timeouts: Vec<String>,
     limits: Vec<String>,
     routes: Vec<String>,
+    extra: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -41,8 +42,28 @@ impl GatewayBuilder {
         self
     }
 
-    /// A `[[routes]]` entry; `extra` holds further TOML lines (and sub-tables) for it.
+    /// A public `[[routes]]` entry (no authentication: these tests are about proxying);
+    /// `extra` holds further TOML lines (and sub-tables) for it.
     pub fn route(
+        self,
+        name: &str,
+        kind: &str,
+        hosts: &[&str],
+        upstream: &str,
+        extra: &str,
+    ) -> Self {
+        self.route_with(
+            name,
+            kind,
+            hosts,
+            upstream,
+            &format!("public = true\n{extra}"),
+        )
+    }
+
+    /// A `[[routes]]` entry exactly as given (authentication per `extra` and the kind's
+    /// defaults).
+    pub fn route_with(
         mut self,
         name: &str,
         kind: &str,
@@ -55,6 +76,12 @@ impl GatewayBuilder {
             "[[routes]]\nname = {name:?}\nkind = {kind:?}\nhosts = [{}]\nupstream = {upstream:?}\n{extra}\n",
             hosts.join(", ")
         ));
+        self
+    }
+
+    /// Raw TOML placed before the routes (for `[identity]` sections).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra.push(text.to_string());
         self
     }
 
@@ -85,6 +112,10 @@ impl GatewayBuilder {
             dir.join("server.crt").display().to_string(),
             dir.join("server.key").display().to_string()
         ));
+        for e in &self.extra {
+            t.push_str(e);
+            t.push('\n');
+        }
         for r in &self.routes {
             t.push_str(r);
         }

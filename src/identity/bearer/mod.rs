@@ -104,11 +104,11 @@ impl BearerVerifier {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
         let now = now();
-        if let Some(hit) = self.cache.get(&key) {
-            if hit.until > now {
-                self.metrics.token_cache(true);
-                return Ok(hit.identity.clone());
-            }
+        if let Some(hit) = self.cache.get(&key)
+            && hit.until > now
+        {
+            self.metrics.token_cache(true);
+            return Ok(hit.identity.clone());
         }
         self.metrics.token_cache(false);
         let (identity, exp) = self.verify_uncached(token, now).await?;
@@ -130,11 +130,10 @@ impl BearerVerifier {
 
     async fn verify_uncached(&self, token: &str, now: u64) -> Result<(Identity, u64), Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
-        if let Some(typ) = &header.typ {
-            if !["jwt", "at+jwt", "application/at+jwt"].contains(&typ.to_ascii_lowercase().as_str())
-            {
-                return Err(Rejection::IdToken);
-            }
+        if let Some(typ) = &header.typ
+            && !["jwt", "at+jwt", "application/at+jwt"].contains(&typ.to_ascii_lowercase().as_str())
+        {
+            return Err(Rejection::IdToken);
         }
         // The issuer picks the keys; it is read before verification only to choose them,
         // and checked again by the verification itself.

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod proxy;

@@ -58,6 +58,25 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Sign in for git and other command-line tools (OAuth 2.0 device authorization grant);
+    /// tokens are stored in ~/.config/gatehouse/credentials.json (mode 0600).
+    Login {
+        /// The gateway, e.g. https://git.example.com
+        #[arg(long)]
+        gateway: String,
+        /// Trust only this CA for the gateway and the provider (default: system roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// git credential helper: `git config --global credential.https://git.example.com.helper
+    /// "gatehouse git-credential"`.
+    GitCredential {
+        /// get, store or erase (git passes it).
+        operation: String,
+        /// Trust only this CA when refreshing tokens.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +142,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
+        Command::Login { gateway, ca_file } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(gatehouse::cli::login(
+                &gateway,
+                ca_file.as_deref(),
+                &mut std::io::stdout(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GitCredential { operation, ca_file } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stdin = std::io::stdin();
+            runtime.block_on(gatehouse::cli::git_credential(
+                &operation,
+                &mut stdin.lock(),
+                &mut std::io::stdout(),
+                ca_file.as_deref(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs {
             command:
                 CertsCommand::Dev {

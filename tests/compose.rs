@@ -3,7 +3,9 @@
 //!
 //! Docker cannot run where these tests run, so the stack is kept honest by reading it: every
 //! port, upstream, mount and secret reference in the compose file is checked against the
-//! configuration files it mounts and against what each image documents.
+//! configuration files it mounts and against what each image documents, and gatehouse's
+//! `[identity]` is checked against the Dex it signs people in with (issuer, HTTPS listener and
+//! certificate, client, secrets, scopes, claims, token audience).
 //!
 //! Each `check_*` function returns the problems it finds. The `repository_*` tests require none
 //! for the files in this repository; the `catches_*` tests copy the files, inject one fault and
@@ -14,7 +16,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use gatehouse::config::{Config, RouteKind};
+use gatehouse::config::{Config, RouteKind, SecretRef};
 use ipnet::IpNet;
 use serde_yaml_ng::Value;
 
@@ -23,6 +25,23 @@ use serde_yaml_ng::Value;
 const GOGS_APP_INI: &str = "/data/gogs/conf/app.ini";
 /// The identity header gatehouse sets for Gogs (shared/reference/gogs.md, Authentication).
 const GOGS_AUTH_HEADER: &str = "X-WEBAUTH-USER";
+/// Files `gatehouse certs dev` writes (src/certs.rs `write`): the CA certificate clients trust
+/// and the server pair signed by it.
+const DEV_CA_CERT: &str = "ca.crt";
+const DEV_SERVER_CERT: &str = "server.crt";
+const DEV_SERVER_KEY: &str = "server.key";
+/// gatehouse's OIDC redirect path (src/identity/oidc.rs `CALLBACK_PATH`).
+const OIDC_CALLBACK_PATH: &str = "/.gatehouse/oidc/callback";
+/// Scopes Dex accepts in an authorization request (dexidp/dex server/oauth2.go
+/// `parseAuthorizationRequest`), besides `audience:server:client_id:<peer>`.
+const DEX_SCOPES: &[&str] = &[
+    "openid",
+    "offline_access",
+    "email",
+    "profile",
+    "groups",
+    "federated:id",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -57,9 +76,9 @@ const IMAGES: &[ImageDoc] = &[
     ImageDoc {
         repo: "ghcr.io/dexidp/dex",
         kind: Kind::Dex,
-        ports: &[5556, 5557, 5558],
+        ports: &[5554, 5556, 5557, 5558],
         default_config: Some("/etc/dex/config.docker.yaml"),
-        source: "dexidp/dex Dockerfile (CMD dex serve /etc/dex/config.docker.yaml), config.yaml.dist (web 5556, grpc 5557, telemetry 5558)",
+        source: "dexidp/dex Dockerfile (CMD dex serve /etc/dex/config.docker.yaml), config.yaml.dist (web http 5556, web https 5554, grpc 5557, telemetry 5558)",
     },
     ImageDoc {
         repo: "otel/opentelemetry-collector",
@@ -453,6 +472,7 @@ struct Mount {
     source: String,
     target: String,
     bind: bool,
+    read_only: bool,
 }
 
 fn mounts(svc: &Value) -> Vec<Mount> {
@@ -466,12 +486,16 @@ fn mounts(svc: &Value) -> Vec<Mount> {
                 let mut parts = s.split(':');
                 let source = parts.next()?.to_string();
                 let target = parts.next()?.to_string();
+                let read_only = parts
+                    .next()
+                    .is_some_and(|m| m.split(',').any(|o| o == "ro"));
                 let bind =
                     source.starts_with('.') || source.starts_with('/') || source.starts_with('~');
                 Some(Mount {
                     source,
                     target,
                     bind,
+                    read_only,
                 })
             }
             Value::Mapping(_) => Some(Mount {
@@ -482,10 +506,38 @@ fn mounts(svc: &Value) -> Vec<Mount> {
                     .to_string(),
                 target: item.get("target")?.as_str()?.to_string(),
                 bind: item.get("type").and_then(Value::as_str) == Some("bind"),
+                read_only: item.get("read_only").and_then(Value::as_bool) == Some(true),
             }),
             _ => None,
         })
         .collect()
+}
+
+/// The repository file behind `path` inside a container: the bind mount whose target holds
+/// it (the deepest one), and the repository-relative path. `None` when no mount from the
+/// repository holds it.
+fn repo_path_in(svc: &Value, path: &Path) -> Option<(Mount, PathBuf)> {
+    let mut best: Option<(Mount, PathBuf)> = None;
+    for m in mounts(svc) {
+        let Ok(rest) = path.strip_prefix(m.target.trim_end_matches('/')) else {
+            continue;
+        };
+        let Some(base) = repo_relative(&m.source) else {
+            continue;
+        };
+        let deeper = best
+            .as_ref()
+            .is_none_or(|(b, _)| b.target.len() < m.target.len());
+        if deeper {
+            let rel = if rest.as_os_str().is_empty() {
+                base
+            } else {
+                base.join(rest)
+            };
+            best = Some((m, rel));
+        }
+    }
+    best
 }
 
 /// `./x/y` (or `.`) as a repository-relative path; `None` for anything else.
@@ -629,9 +681,15 @@ fn env_reference(value: &str) -> Option<&str> {
     (name_ok && rest_ok).then_some(name)
 }
 
+/// Whether an [`env_reference`] makes compose refuse to start when the variable is unset or
+/// empty (`${NAME:?message}`); `${NAME?message}` still lets an empty value through.
+fn env_reference_required(value: &str) -> bool {
+    env_reference(value).is_some_and(|name| value[2 + name.len()..].starts_with(":?"))
+}
+
 fn looks_secret(key: &str) -> bool {
     let key = key.to_ascii_uppercase();
-    ["SECRET", "TOKEN", "PASSWORD"]
+    ["SECRET", "TOKEN", "PASSWORD", "KEY"]
         .iter()
         .any(|w| key.contains(w))
 }
@@ -1135,6 +1193,24 @@ fn check_gogs(stack: &Stack) -> Vec<String> {
             return problems;
         }
     };
+    // The header gatehouse names people in is the one Gogs reads.
+    let ini_header = ini
+        .get("auth", "REVERSE_PROXY_AUTHENTICATION_HEADER")
+        .unwrap_or("");
+    for route in config.routes.iter().filter(|r| r.kind == RouteKind::Gogs) {
+        match &route.gogs {
+            Some(g) if g.user_header.as_str().eq_ignore_ascii_case(ini_header) => {}
+            Some(g) => problems.push(format!(
+                "gogs route {:?} sends the username in {:?}, but app.ini [auth] REVERSE_PROXY_AUTHENTICATION_HEADER is {ini_header:?}",
+                route.name,
+                g.user_header.as_str()
+            )),
+            None => problems.push(format!(
+                "gogs route {:?} has no [routes.gogs] settings",
+                route.name
+            )),
+        }
+    }
     if !config
         .routes
         .iter()
@@ -1201,21 +1277,27 @@ fn check_mounts(stack: &Stack) -> Vec<String> {
     problems
 }
 
+/// The variables deploy/.env.example lists (`NAME=...` lines outside comments).
+fn documented_variables(stack: &Stack) -> Result<BTreeSet<String>, String> {
+    Ok(stack
+        .read("deploy/.env.example")?
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
+        .collect())
+}
+
 /// Secret-looking environment values are references to the environment (documented in
 /// deploy/.env.example), never literals; Dex takes its client secret from the environment.
 fn check_secrets(stack: &Stack) -> Vec<String> {
     let mut problems = Vec::new();
-    let example = stack.read("deploy/.env.example");
-    let documented: BTreeSet<String> = example
-        .as_deref()
-        .unwrap_or("")
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
-        .collect();
-    if let Err(e) = &example {
-        problems.push(e.clone());
-    }
+    let documented = match documented_variables(stack) {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(e);
+            BTreeSet::new()
+        }
+    };
     for (name, svc) in stack.services() {
         for (key, value) in environment(svc) {
             if !looks_secret(&key) {
@@ -1280,24 +1362,568 @@ fn check_oidc(stack: &Stack) -> Vec<String> {
         problems.push("Dex config has no staticPasswords user with groups".to_string());
     }
     let issuer = config.get("issuer").and_then(Value::as_str).unwrap_or("");
-    let web_port = config
-        .get("web")
-        .and_then(|w| w.get("http"))
-        .and_then(Value::as_str)
-        .and_then(split_host_port)
-        .map(|(_, p)| p);
     match url_host_port(issuer) {
         None => problems.push(format!("Dex issuer {issuer:?} is not an http(s) URL")),
-        Some((_, host, port)) => {
+        Some((scheme, host, port)) => {
+            if scheme != "https" {
+                problems.push(format!(
+                    "Dex issuer {issuer:?} is not https: gatehouse accepts only https issuers"
+                ));
+            }
             if stack.service(&host).is_none() {
                 problems.push(format!(
                     "Dex issuer host {host:?} is not a compose service: gatehouse could not reach it"
                 ));
             }
+            // The issuer's scheme picks the listener: web.https or web.http.
+            let web_port = dex_web_port(&config, &scheme);
             if Some(port) != web_port {
                 problems.push(format!(
-                    "Dex issuer port {port} is not web.http's port {web_port:?}"
+                    "Dex issuer port {port} is not web.{scheme}'s port {web_port:?}"
                 ));
+            }
+            // Browsers follow the issuer URL from the host: the same port must be published
+            // onto that listener.
+            let published_here = stack
+                .service(&name)
+                .and_then(|svc| published(svc).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .any(|(_, c, h)| Some(c) == web_port && h == Some(port));
+            if !published_here {
+                problems.push(format!(
+                    "Dex issuer port {port} is not published by service {name:?} onto web.{scheme} (browsers sign in at the issuer URL)"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The port of Dex's `web.http` or `web.https` listener.
+fn dex_web_port(config: &Value, scheme: &str) -> Option<u16> {
+    config
+        .get("web")
+        .and_then(|w| w.get(scheme))
+        .and_then(Value::as_str)
+        .and_then(split_host_port)
+        .map(|(_, p)| p)
+}
+
+/// The repository path of a file named in Dex's `web` section, through the dex service's
+/// mounts.
+fn dex_web_file(stack: &Stack, key: &str) -> Option<(Mount, PathBuf)> {
+    let (name, config) = stack.dex_config().ok()?;
+    let path = config.get("web")?.get(key)?.as_str()?;
+    repo_path_in(stack.service(&name)?, Path::new(path))
+}
+
+/// Dex serves HTTPS with the development pair `gatehouse certs dev` writes, from a read-only
+/// mount of the directory gatehouse's own certificate comes from, and every documented
+/// `certs dev` command adds the issuer's host name to that certificate.
+fn check_dex_tls(stack: &Stack) -> Vec<String> {
+    let (name, config) = match stack.dex_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let web = config.get("web");
+    if web.and_then(|w| w.get("https")).is_none() {
+        problems.push(
+            "Dex web.https is not set: Dex serves no HTTPS, and gatehouse accepts only https issuers"
+                .to_string(),
+        );
+        return problems;
+    }
+    let gatehouse_certs = stack.gatehouse_config().ok().and_then(|c| {
+        let tls = c.tls?;
+        let (_, svc) = stack.only(Kind::Gatehouse).ok()?;
+        let (_, rel) = repo_path_in(svc, &tls.cert_file)?;
+        rel.parent().map(Path::to_path_buf)
+    });
+    for (key, file) in [("tlsCert", DEV_SERVER_CERT), ("tlsKey", DEV_SERVER_KEY)] {
+        let Some(path) = web.and_then(|w| w.get(key)).and_then(Value::as_str) else {
+            problems.push(format!("Dex web.https is set without web.{key}"));
+            continue;
+        };
+        let Some((mount, rel)) = dex_web_file(stack, key) else {
+            problems.push(format!(
+                "Dex web.{key} {path:?} is in no mount of service {name:?} from the repository"
+            ));
+            continue;
+        };
+        if !mount.read_only {
+            problems.push(format!(
+                "service {name:?} mounts {:?} at {} writable: mount certificates and keys read-only (:ro)",
+                mount.source, mount.target
+            ));
+        }
+        if rel.file_name() != Some(file.as_ref()) {
+            problems.push(format!(
+                "Dex web.{key} is {}, but `gatehouse certs dev` writes {file}",
+                rel.display()
+            ));
+        }
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        if gatehouse_certs.as_deref().is_some_and(|g| g != dir) {
+            problems.push(format!(
+                "Dex web.{key} comes from {}, not from {} where gatehouse's certificate is generated",
+                dir.display(),
+                gatehouse_certs.as_deref().unwrap_or(Path::new("")).display()
+            ));
+        }
+        let host_dir = stack.root.join(dir);
+        if host_dir.is_dir() && !host_dir.join(file).is_file() {
+            problems.push(format!("Dex web.{key}: {} has no {file}", dir.display()));
+        }
+    }
+    // The certificate must name the issuer's host: each documented `certs dev` command adds it.
+    let issuer = config.get("issuer").and_then(Value::as_str).unwrap_or("");
+    if let Some((_, host, _)) = url_host_port(issuer) {
+        let flag = format!("--host {host}");
+        let mut commands = 0;
+        for file in [
+            "docker-compose.yml",
+            "deploy/gatehouse.compose.toml",
+            "deploy/dex/config.yaml",
+        ] {
+            let text = stack.read(file).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("certs dev --")) {
+                commands += 1;
+                if !line.contains(&flag) {
+                    problems.push(format!(
+                        "{file}: `{}` does not add {flag}: Dex's certificate would not name its issuer host",
+                        line.trim_start_matches(['#', ';', ' '])
+                    ));
+                }
+            }
+        }
+        if commands == 0 {
+            problems.push(format!(
+                "no file of the stack documents the `gatehouse certs dev ... {flag}` command"
+            ));
+        }
+    }
+    problems
+}
+
+/// gatehouse's `[identity]` against Dex: the OIDC issuer is Dex's issuer, on the dex service's
+/// HTTPS listener; the client, its secret, redirect URIs, scopes and claims are ones Dex has;
+/// JWTs from Dex are accepted with the audience and algorithm Dex gives them; the CA that
+/// signed Dex's certificate is trusted for it.
+fn check_identity(stack: &Stack) -> Vec<String> {
+    let config = match stack.gatehouse_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let (dex_name, dex) = match stack.dex_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let (gname, gsvc) = match stack.only(Kind::Gatehouse) {
+        Ok(g) => g,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let dex_issuer = dex
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let clients: Vec<&Value> = dex
+        .get("staticClients")
+        .and_then(Value::as_sequence)
+        .map(|c| c.iter().collect())
+        .unwrap_or_default();
+    let client_ids: Vec<&str> = clients
+        .iter()
+        .filter_map(|c| c.get("id").and_then(Value::as_str))
+        .collect();
+    // Where the CA of Dex's certificate is: next to the certificate `certs dev` wrote.
+    let dex_ca = dex_web_file(stack, "tlsCert")
+        .map(|(_, rel)| rel.parent().unwrap_or(Path::new("")).join(DEV_CA_CERT));
+    let check_ca = |what: &str, ca_file: Option<&Path>, problems: &mut Vec<String>| {
+        let Some(ca_file) = ca_file else {
+            problems.push(format!(
+                "{what}.ca_file is not set: Dex's certificate comes from the development CA, which the system roots do not hold"
+            ));
+            return;
+        };
+        match repo_path_in(gsvc, ca_file) {
+            None => problems.push(format!(
+                "{what}.ca_file {} is in no mount of service {gname:?} from the repository",
+                ca_file.display()
+            )),
+            Some((_, rel)) => {
+                if let Some(want) = &dex_ca
+                    && &rel != want
+                {
+                    problems.push(format!(
+                        "{what}.ca_file is {}, not the CA of Dex's certificate ({})",
+                        rel.display(),
+                        want.display()
+                    ));
+                }
+            }
+        }
+    };
+
+    match &config.identity.oidc {
+        None => problems.push(
+            "gatehouse config has no [identity.oidc]: nobody could sign in through Dex".to_string(),
+        ),
+        Some(oidc) => {
+            if oidc.issuer != dex_issuer {
+                problems.push(format!(
+                    "identity.oidc.issuer {:?} is not Dex's issuer {dex_issuer:?}",
+                    oidc.issuer
+                ));
+            }
+            match url_host_port(&oidc.issuer) {
+                None => problems.push(format!(
+                    "identity.oidc.issuer {:?} is not an http(s) URL",
+                    oidc.issuer
+                )),
+                Some((_, host, port)) => {
+                    if host != dex_name {
+                        problems.push(format!(
+                            "identity.oidc.issuer host {host:?} is not the Dex service {dex_name:?}"
+                        ));
+                    }
+                    let https = dex_web_port(&dex, "https");
+                    if Some(port) != https {
+                        problems.push(format!(
+                            "identity.oidc.issuer port {port} is not Dex's web.https port {https:?}"
+                        ));
+                    }
+                }
+            }
+            if !depends_on(gsvc).contains(&dex_name) {
+                problems.push(format!(
+                    "service {gname:?} does not depend_on the Dex service {dex_name:?}"
+                ));
+            }
+            check_ca("identity.oidc", oidc.ca_file.as_deref(), &mut problems);
+
+            match clients
+                .iter()
+                .find(|c| c.get("id").and_then(Value::as_str) == Some(oidc.client_id.as_str()))
+            {
+                None => problems.push(format!(
+                    "identity.oidc.client_id {:?} is not a Dex staticClients id ({client_ids:?})",
+                    oidc.client_id
+                )),
+                Some(client) => {
+                    check_client_secret(
+                        stack,
+                        &gname,
+                        gsvc,
+                        &dex_name,
+                        oidc,
+                        client,
+                        &mut problems,
+                    );
+                    check_redirect_uris(stack, &config, client, &oidc.client_id, &mut problems);
+                }
+            }
+
+            for scope in &oidc.scopes {
+                if !DEX_SCOPES.contains(&scope.as_str())
+                    && !scope.starts_with("audience:server:client_id:")
+                {
+                    problems.push(format!(
+                        "identity.oidc.scopes has {scope:?}, which Dex refuses (it accepts {DEX_SCOPES:?} and audience:server:client_id:<peer>)"
+                    ));
+                }
+            }
+            for (key, claim) in [
+                ("username_claim", &oidc.username_claim),
+                ("groups_claim", &oidc.groups_claim),
+            ] {
+                problems.extend(dex_claim_problems(
+                    &dex,
+                    Some(&oidc.scopes),
+                    claim,
+                    &format!("identity.oidc.{key}"),
+                ));
+            }
+        }
+    }
+
+    let dex_jwts: Vec<(usize, &gatehouse::config::JwtIssuerConfig)> = config
+        .identity
+        .jwt
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.issuer == dex_issuer)
+        .collect();
+    let token_routes = config.routes.iter().any(|r| r.auth.bearer || r.auth.basic);
+    if dex_jwts.is_empty() && token_routes {
+        problems.push(format!(
+            "no [[identity.jwt]] names Dex's issuer {dex_issuer:?}: routes taking bearer or basic would accept no Dex token"
+        ));
+    }
+    // Dex signs with RS256 unless signer.config.algorithm says otherwise (config.yaml.dist).
+    let dex_alg = dex
+        .get("signer")
+        .and_then(|s| s.get("config"))
+        .and_then(|c| c.get("algorithm"))
+        .and_then(Value::as_str)
+        .unwrap_or("RS256");
+    for (i, j) in dex_jwts {
+        if !j.audiences.iter().any(|a| client_ids.contains(&a.as_str())) {
+            problems.push(format!(
+                "identity.jwt[{i}].audiences {:?} name no Dex client: Dex sets aud to the client id a token is issued to ({client_ids:?})",
+                j.audiences
+            ));
+        }
+        if !j.algorithms.iter().any(|a| format!("{a:?}") == dex_alg) {
+            problems.push(format!(
+                "identity.jwt[{i}].algorithms {:?} leave out {dex_alg}, the algorithm Dex signs with",
+                j.algorithms
+            ));
+        }
+        check_ca(
+            &format!("identity.jwt[{i}]"),
+            j.ca_file.as_deref(),
+            &mut problems,
+        );
+        for (key, claim) in [
+            ("username_claim", &j.username_claim),
+            ("groups_claim", &j.groups_claim),
+        ] {
+            problems.extend(dex_claim_problems(
+                &dex,
+                None,
+                claim,
+                &format!("identity.jwt[{i}].{key}"),
+            ));
+        }
+    }
+    problems
+}
+
+/// gatehouse's client secret and Dex's `secretEnv` come from the same `.env` variable.
+fn check_client_secret(
+    stack: &Stack,
+    gname: &str,
+    gsvc: &Value,
+    dex_name: &str,
+    oidc: &gatehouse::config::OidcConfig,
+    client: &Value,
+    problems: &mut Vec<String>,
+) {
+    let SecretRef::Env(gvar) = &oidc.client_secret else {
+        return; // a file: nothing in compose to compare
+    };
+    let gsource = environment(gsvc)
+        .get(gvar)
+        .cloned()
+        .flatten()
+        .and_then(|v| env_reference(&v).map(String::from));
+    let dsource = client
+        .get("secretEnv")
+        .and_then(Value::as_str)
+        .and_then(|var| {
+            stack
+                .service(dex_name)
+                .map(environment)
+                .and_then(|env| env.get(var).cloned().flatten())
+        })
+        .and_then(|v| env_reference(&v).map(String::from));
+    if let (Some(g), Some(d)) = (&gsource, &dsource)
+        && g != d
+    {
+        problems.push(format!(
+            "service {gname:?} reads the OIDC client secret from ${{{g}}} and Dex from ${{{d}}}: they must be the same value"
+        ));
+    }
+}
+
+/// Dex registers gatehouse's callback on every host whose route signs people in, at the port
+/// compose publishes gatehouse's TLS listener on.
+fn check_redirect_uris(
+    stack: &Stack,
+    config: &Config,
+    client: &Value,
+    id: &str,
+    problems: &mut Vec<String>,
+) {
+    let registered: Vec<&str> = client
+        .get("redirectURIs")
+        .and_then(Value::as_sequence)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let host_ports = gatehouse_tls_host_ports(stack, config);
+    for route in config.routes.iter().filter(|r| r.auth.session) {
+        for host in route.hosts.iter().filter(|h| *h != "*") {
+            let wanted: Vec<String> = host_ports
+                .iter()
+                .map(|p| match p {
+                    443 => format!("https://{host}{OIDC_CALLBACK_PATH}"),
+                    p => format!("https://{host}:{p}{OIDC_CALLBACK_PATH}"),
+                })
+                .collect();
+            if !wanted.iter().any(|w| registered.contains(&w.as_str())) {
+                problems.push(format!(
+                    "Dex client {id:?} does not register {wanted:?} (gatehouse's callback for route {:?}) among its redirectURIs {registered:?}",
+                    route.name
+                ));
+            }
+        }
+    }
+}
+
+/// Host ports compose publishes gatehouse's TLS listeners on.
+fn gatehouse_tls_host_ports(stack: &Stack, config: &Config) -> BTreeSet<u16> {
+    let tls_ports: BTreeSet<u16> = config.server.listen.iter().map(|a| a.port()).collect();
+    stack
+        .only(Kind::Gatehouse)
+        .ok()
+        .and_then(|(_, g)| published(g).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, c, _)| tls_ports.contains(c))
+        .filter_map(|(_, _, h)| h)
+        .collect()
+}
+
+/// Whether Dex puts `claim` in the tokens of its static users: the scope that releases it
+/// (checked when `scopes` is known) and, for `preferred_username`, a `preferredUsername` on
+/// every user (Dex emits the claim only then; `username` goes to `name`).
+fn dex_claim_problems(
+    dex: &Value,
+    scopes: Option<&[String]>,
+    claim: &str,
+    what: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let scope = match claim {
+        "sub" | "iss" => None,
+        "preferred_username" | "name" => Some("profile"),
+        "email" => Some("email"),
+        "groups" => Some("groups"),
+        other => {
+            problems.push(format!(
+                "{what} is {other:?}, a claim Dex never puts in its tokens (sub, name, preferred_username, email, groups)"
+            ));
+            return problems;
+        }
+    };
+    if let (Some(scope), Some(scopes)) = (scope, scopes)
+        && !scopes.iter().any(|s| s == scope)
+    {
+        problems.push(format!(
+            "{what} is {claim:?}, which Dex emits only with the {scope:?} scope, and identity.oidc.scopes lacks it"
+        ));
+    }
+    if claim == "preferred_username" {
+        let missing: Vec<&str> = dex
+            .get("staticPasswords")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter(|u| {
+                u.get("preferredUsername")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            })
+            .map(|u| u.get("email").and_then(Value::as_str).unwrap_or("?"))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{what} is \"preferred_username\", but Dex static users {missing:?} set no preferredUsername, so their tokens carry none"
+            ));
+        }
+    }
+    problems
+}
+
+/// Where each secret the gatehouse config names comes from, with the key naming it.
+fn secret_refs(config: &Config) -> Vec<(String, SecretRef)> {
+    let mut out = Vec::new();
+    if let Some(o) = &config.identity.oidc {
+        out.push((
+            "identity.oidc.client_secret".to_string(),
+            o.client_secret.clone(),
+        ));
+    }
+    if let Some(s) = &config.identity.session {
+        out.push(("identity.session.keys".to_string(), s.keys.clone()));
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        for (j, c) in r.gogs.iter().flat_map(|g| g.credentials.iter()).enumerate() {
+            out.push((
+                format!("routes[{i}].gogs.credentials[{j}].token"),
+                c.token.clone(),
+            ));
+        }
+        if let Some(t) = r.otlp.as_ref().and_then(|o| o.access_token.as_ref()) {
+            out.push((format!("routes[{i}].otlp.access_token"), t.clone()));
+        }
+    }
+    out
+}
+
+/// Every secret the gatehouse config names by environment variable reaches the gatehouse
+/// service as a required `${VAR:?...}` reference (gatehouse refuses an unset or empty secret)
+/// to a variable deploy/.env.example documents; a secret named by file lies in a mount.
+fn check_gatehouse_secrets(stack: &Stack) -> Vec<String> {
+    let config = match stack.gatehouse_config() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let (gname, gsvc) = match stack.only(Kind::Gatehouse) {
+        Ok(g) => g,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let documented = documented_variables(stack).unwrap_or_else(|e| {
+        problems.push(e);
+        BTreeSet::new()
+    });
+    let env = environment(gsvc);
+    let refs = secret_refs(&config);
+    if refs.is_empty() {
+        problems.push("the gatehouse config names no secret: [identity] is missing".to_string());
+    }
+    for (what, r) in refs {
+        match r {
+            SecretRef::Env(var) => match env.get(&var) {
+                None => problems.push(format!(
+                    "{what} reads ${var}, which service {gname:?} does not set in its environment"
+                )),
+                Some(None) => problems.push(format!(
+                    "service {gname:?} passes {var} ({what}) through from the shell; take it from .env as ${{VAR:?...}}"
+                )),
+                Some(Some(value)) => match env_reference(value) {
+                    None => problems.push(format!(
+                        "service {gname:?}: environment {var} = {value:?} ({what}) is not a ${{VAR}} reference to .env"
+                    )),
+                    Some(source) => {
+                        if !env_reference_required(value) {
+                            problems.push(format!(
+                                "service {gname:?}: environment {var} = {value:?} may be unset or empty, and gatehouse refuses an empty {what}: use ${{{source}:?...}}"
+                            ));
+                        }
+                        if !documented.contains(source) {
+                            problems.push(format!(
+                                "service {gname:?}: environment {var} ({what}) reads ${{{source}}}, which deploy/.env.example does not document"
+                            ));
+                        }
+                    }
+                },
+            },
+            SecretRef::File(path) => {
+                if !mounts(gsvc)
+                    .iter()
+                    .any(|m| path.starts_with(m.target.trim_end_matches('/')))
+                {
+                    problems.push(format!(
+                        "{what} reads {}, which no mount of service {gname:?} provides",
+                        path.display()
+                    ));
+                }
             }
         }
     }
@@ -1493,6 +2119,24 @@ fn repository_dex_client_and_users() {
 }
 
 #[test]
+fn repository_dex_serves_https_with_the_dev_certificate() {
+    assert_clean("dex tls", check_dex_tls(&Stack::repository()));
+}
+
+#[test]
+fn repository_gatehouse_identity_matches_dex() {
+    assert_clean("identity", check_identity(&Stack::repository()));
+}
+
+#[test]
+fn repository_gatehouse_secrets_reach_it_from_env() {
+    assert_clean(
+        "gatehouse secrets",
+        check_gatehouse_secrets(&Stack::repository()),
+    );
+}
+
+#[test]
 fn repository_collector_receives_otlp_and_prints_it() {
     assert_clean("otel-collector", check_collector(&Stack::repository()));
 }
@@ -1572,7 +2216,7 @@ fn catches_a_service_without_image_or_build() {
 fn catches_a_service_without_a_comment() {
     let (_d, stack) = mutated(&[(
         "docker-compose.yml",
-        "  # dex: the OIDC provider gatehouse signs people in with (static client and users with\n  # groups, development only). Published on its documented port 5556 so browsers can\n  # reach the issuer http://dex:5556/dex (add \"127.0.0.1 dex\" to the host's /etc/hosts).\n",
+        "  # dex: the OIDC provider gatehouse signs people in with (static client and users with\n  # groups, development only). Serves HTTPS only, on its documented HTTPS port 5554, with the\n  # development certificate from ./certs; published so browsers can reach the issuer\n  # https://dex:5554/dex (add \"127.0.0.1 dex\" to the host's /etc/hosts).\n",
         "",
     )]);
     assert_reports(check_services(&stack), "service \"dex\" has no comment");
@@ -1757,7 +2401,7 @@ fn catches_a_literal_secret_in_the_environment() {
 fn catches_a_literal_secret_as_a_default() {
     let (_d, stack) = mutated(&[(
         "docker-compose.yml",
-        "${LIGHTSTEP_ACCESS_TOKEN:-}",
+        "${LIGHTSTEP_ACCESS_TOKEN:?set LIGHTSTEP_ACCESS_TOKEN in .env}",
         "${LIGHTSTEP_ACCESS_TOKEN:-abc123}",
     )]);
     assert_reports(check_secrets(&stack), "GATEHOUSE_LIGHTSTEP_ACCESS_TOKEN");
@@ -1786,6 +2430,296 @@ fn catches_a_dex_client_secret_in_the_config() {
     let problems = check_oidc(&stack);
     assert_reports(problems.clone(), "literal `secret`");
     assert_reports(problems, "has no secretEnv");
+}
+
+#[test]
+fn catches_a_dex_issuer_that_is_not_https() {
+    let (_d, stack) = mutated(&[
+        (
+            "deploy/dex/config.yaml",
+            "issuer: https://dex:5554/dex",
+            "issuer: http://dex:5554/dex",
+        ),
+        (
+            "deploy/dex/config.yaml",
+            "  https: 0.0.0.0:5554\n",
+            "  http: 0.0.0.0:5554\n",
+        ),
+    ]);
+    assert_reports(check_oidc(&stack), "is not https");
+    assert_reports(check_dex_tls(&stack), "Dex web.https is not set");
+}
+
+#[test]
+fn catches_a_dex_issuer_off_its_https_listener() {
+    let (_d, stack) = mutated(&[(
+        "deploy/dex/config.yaml",
+        "  https: 0.0.0.0:5554",
+        "  https: 0.0.0.0:5553",
+    )]);
+    assert_reports(check_oidc(&stack), "is not web.https's port Some(5553)");
+}
+
+#[test]
+fn catches_the_dex_issuer_port_not_published() {
+    let (_d, stack) = mutated(&[("docker-compose.yml", "\"5554:5554\"", "\"5555:5554\"")]);
+    assert_reports(check_oidc(&stack), "is not published by service \"dex\"");
+}
+
+#[test]
+fn catches_dex_tls_files_gatehouse_does_not_write() {
+    let (_d, stack) = mutated(&[(
+        "deploy/dex/config.yaml",
+        "tlsKey: /etc/dex/tls/server.key",
+        "tlsKey: /etc/dex/tls/tls.key",
+    )]);
+    assert_reports(
+        check_dex_tls(&stack),
+        "web.tlsKey is certs/tls.key, but `gatehouse certs dev` writes server.key",
+    );
+}
+
+#[test]
+fn catches_dex_tls_files_outside_its_mounts() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "./certs:/etc/dex/tls:ro",
+        "./certs:/etc/dex/certs:ro",
+    )]);
+    assert_reports(check_dex_tls(&stack), "is in no mount of service \"dex\"");
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "./certs:/etc/dex/tls:ro",
+        "./certs:/etc/dex/tls",
+    )]);
+    assert_reports(check_dex_tls(&stack), "writable");
+}
+
+#[test]
+fn catches_a_missing_dex_tls_file_in_a_generated_directory() {
+    let (dir, stack) = mutated(&[]);
+    fs::create_dir(dir.path().join("certs")).unwrap();
+    fs::write(dir.path().join("certs/server.crt"), "").unwrap();
+    assert_reports(check_dex_tls(&stack), "certs has no server.key");
+}
+
+#[test]
+fn catches_a_certs_command_without_the_dex_host() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "--host dex --out certs",
+        "--out certs",
+    )]);
+    assert_reports(check_dex_tls(&stack), "does not add --host dex");
+}
+
+#[test]
+fn catches_an_oidc_issuer_that_is_not_dex() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "issuer = \"https://dex:5554/dex\"",
+        "issuer = \"https://idp:5554/dex\"",
+    )]);
+    let problems = check_identity(&stack);
+    assert_reports(problems.clone(), "is not Dex's issuer");
+    assert_reports(problems, "host \"idp\" is not the Dex service");
+    let (_d, stack) = mutated(&[
+        (
+            "deploy/gatehouse.compose.toml",
+            "issuer = \"https://dex:5554/dex\"",
+            "issuer = \"https://dex:5556/dex\"",
+        ),
+        (
+            "deploy/dex/config.yaml",
+            "issuer: https://dex:5554/dex",
+            "issuer: https://dex:5556/dex",
+        ),
+    ]);
+    assert_reports(
+        check_identity(&stack),
+        "port 5556 is not Dex's web.https port Some(5554)",
+    );
+}
+
+#[test]
+fn catches_gatehouse_not_waiting_for_dex() {
+    let (_d, stack) = mutated(&[("docker-compose.yml", "      - dex\n", "")]);
+    assert_reports(check_identity(&stack), "does not depend_on the Dex service");
+}
+
+#[test]
+fn catches_a_client_dex_does_not_know() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "client_id = \"gatehouse\"",
+        "client_id = \"gateway\"",
+    )]);
+    assert_reports(
+        check_identity(&stack),
+        "\"gateway\" is not a Dex staticClients id",
+    );
+}
+
+#[test]
+fn catches_client_secrets_from_different_variables() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "DEX_GATEHOUSE_CLIENT_SECRET: ${OIDC_CLIENT_SECRET:?set OIDC_CLIENT_SECRET in .env}",
+        "DEX_GATEHOUSE_CLIENT_SECRET: ${DEX_CLIENT_SECRET:?set DEX_CLIENT_SECRET in .env}",
+    )]);
+    assert_reports(check_identity(&stack), "they must be the same value");
+}
+
+#[test]
+fn catches_an_unregistered_callback() {
+    let (_d, stack) = mutated(&[(
+        "deploy/dex/config.yaml",
+        "- https://git.localhost:8443/.gatehouse/oidc/callback",
+        "- https://git.localhost/.gatehouse/oidc/callback",
+    )]);
+    assert_reports(
+        check_identity(&stack),
+        "does not register [\"https://git.localhost:8443/.gatehouse/oidc/callback\"]",
+    );
+}
+
+#[test]
+fn catches_a_scope_dex_refuses() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "\"groups\", \"offline_access\"]",
+        "\"groups\", \"offline_access\", \"roles\"]",
+    )]);
+    assert_reports(check_identity(&stack), "has \"roles\", which Dex refuses");
+}
+
+#[test]
+fn catches_a_username_claim_dex_does_not_emit() {
+    let (_d, stack) = mutated(&[("deploy/dex/config.yaml", "    preferredUsername: bob\n", "")]);
+    assert_reports(
+        check_identity(&stack),
+        "static users [\"bob@example.com\"] set no preferredUsername",
+    );
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "scopes = [\"openid\", \"profile\", ",
+        "scopes = [\"openid\", ",
+    )]);
+    assert_reports(check_identity(&stack), "only with the \"profile\" scope");
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "username_claim = \"preferred_username\"\ngroups_claim = \"groups\"\ngroups_source",
+        "username_claim = \"login\"\ngroups_claim = \"groups\"\ngroups_source",
+    )]);
+    assert_reports(
+        check_identity(&stack),
+        "identity.oidc.username_claim is \"login\", a claim Dex never puts in its tokens",
+    );
+}
+
+#[test]
+fn catches_a_jwt_audience_dex_never_issues() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "audiences = [\"gatehouse\"]",
+        "audiences = [\"gatehouse-api\"]",
+    )]);
+    assert_reports(check_identity(&stack), "name no Dex client");
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "algorithms = [\"RS256\"]",
+        "algorithms = [\"ES256\"]",
+    )]);
+    assert_reports(check_identity(&stack), "leave out RS256");
+}
+
+#[test]
+fn catches_no_jwt_issuer_for_dex() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "[[identity.jwt]]\nissuer = \"https://dex:5554/dex\"",
+        "[[identity.jwt]]\nissuer = \"https://idp.example.com\"",
+    )]);
+    assert_reports(
+        check_identity(&stack),
+        "no [[identity.jwt]] names Dex's issuer",
+    );
+}
+
+#[test]
+fn catches_dex_ca_not_trusted() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "ca_file = \"/etc/gatehouse/certs/ca.crt\"",
+        "ca_file = \"/etc/gatehouse/certs/server.crt\"",
+    )]);
+    assert_reports(
+        check_identity(&stack),
+        "identity.oidc.ca_file is certs/server.crt, not the CA of Dex's certificate (certs/ca.crt)",
+    );
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "ca_file = \"/etc/gatehouse/certs/ca.crt\"\n\n[identity.session]",
+        "\n[identity.session]",
+    )]);
+    assert_reports(check_identity(&stack), "identity.oidc.ca_file is not set");
+}
+
+#[test]
+fn catches_a_config_secret_missing_from_the_environment() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      GATEHOUSE_GOGS_BROKER_TOKEN: ${GOGS_BROKER_TOKEN:?set GOGS_BROKER_TOKEN in .env}\n",
+        "",
+    )]);
+    assert_reports(
+        check_gatehouse_secrets(&stack),
+        "routes[0].gogs.credentials[0].token reads $GATEHOUSE_GOGS_BROKER_TOKEN, which service \"gatehouse\" does not set",
+    );
+}
+
+#[test]
+fn catches_a_config_secret_that_may_be_empty() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "${SESSION_KEYS:?set SESSION_KEYS in .env}",
+        "${SESSION_KEYS:-}",
+    )]);
+    assert_reports(
+        check_gatehouse_secrets(&stack),
+        "gatehouse refuses an empty identity.session.keys",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "${SESSION_KEYS:?set SESSION_KEYS in .env}",
+        "hunter2",
+    )]);
+    assert_reports(
+        check_gatehouse_secrets(&stack),
+        "GATEHOUSE_SESSION_KEYS = \"hunter2\" (identity.session.keys) is not a ${VAR} reference",
+    );
+}
+
+#[test]
+fn catches_an_undocumented_config_secret() {
+    let (_d, stack) = mutated(&[("deploy/.env.example", "SESSION_KEYS=", "SESSION_KEY=")]);
+    assert_reports(
+        check_gatehouse_secrets(&stack),
+        "reads ${SESSION_KEYS}, which deploy/.env.example does not document",
+    );
+}
+
+#[test]
+fn catches_a_user_header_gogs_does_not_read() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "user_header = \"X-WEBAUTH-USER\"",
+        "user_header = \"X-REMOTE-USER\"",
+    )]);
+    assert_reports(
+        check_gogs(&stack),
+        "sends the username in \"x-remote-user\"",
+    );
 }
 
 #[test]
@@ -1838,6 +2772,11 @@ fn env_references_are_recognised_strictly() {
     assert_eq!(env_reference("prefix${A}"), None);
     assert_eq!(env_reference("$A"), None);
     assert_eq!(env_reference("${}"), None);
+    assert!(env_reference_required("${A:?set it}"));
+    assert!(!env_reference_required("${A?set it}"));
+    assert!(!env_reference_required("${A:-}"));
+    assert!(!env_reference_required("${A}"));
+    assert!(!env_reference_required("hunter2"));
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! its `iss` is a configured issuer; the signature verifies with that issuer's key named by
 //! `kid` (the `kid` is only a lookup key); `exp`, `iss`, `aud` and `sub` are present and valid
 //! within the configured leeway; `nbf` and `iat` are not in the future; the claims the gateway
-//! reads have the right types; and it is not an ID token (`nonce`/`at_hash`, or a `typ`
+//! reads have the right types; and it is not an ID token (a `nonce` claim, a `typ` claim of
+//! `ID` as Keycloak marks them, or a header `typ`
 //! other than JWT/at+jwt). Verified tokens are cached by their SHA-256 until they expire
 //! (at most five minutes), so repeated requests skip the signature check.
 
@@ -196,7 +197,14 @@ impl BearerVerifier {
                 }
             })?;
         let claims = data.claims;
-        if claims.contains_key("nonce") || claims.contains_key("at_hash") {
+        // The audience is the main defence (ID tokens name the client, access tokens the API);
+        // these markers catch ID tokens where an operator lists a client id as an audience.
+        // `at_hash` alone is not one: some providers (Dex) put it in access tokens too.
+        let typ_claim = claims
+            .get("typ")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase);
+        if claims.contains_key("nonce") || matches!(typ_claim.as_deref(), Some("id" | "id_token")) {
             return Err(Rejection::IdToken);
         }
         if let Some(iat) = claims.get("iat") {

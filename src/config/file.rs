@@ -43,6 +43,7 @@ pub struct FileOidc {
     pub cli_client_id: Option<Spanned<String>>,
     #[serde(default)]
     pub allowed_return_origins: Vec<Spanned<String>>,
+    pub prompt: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -44,6 +44,9 @@ pub struct OidcConfig {
     pub cli_client_id: Option<String>,
     /// Origins (scheme://host[:port]) a login may return to besides the gateway's own.
     pub allowed_return_origins: Vec<String>,
+    /// `prompt` sent with every sign-in (some providers grant `offline_access` only with
+    /// `consent`).
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +322,13 @@ impl Validator<'_> {
             ca_file: o.ca_file.as_ref().map(|f| self.path(f.get_ref())),
             cli_client_id: o.cli_client_id.as_ref().map(|c| c.get_ref().clone()),
             allowed_return_origins: origins,
+            prompt: o.prompt.as_ref().map(|p| {
+                let text = p.get_ref();
+                if !text.split(' ').all(|v| matches!(v, "none" | "login" | "consent" | "select_account")) {
+                    self.report(p, "identity.oidc.prompt", format!("{text:?}: expected space-separated none, login, consent or select_account"));
+                }
+                text.clone()
+            }),
         }
     }
 

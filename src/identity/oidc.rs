@@ -136,7 +136,7 @@ pub struct Oidc {
     http: Outbound,
     sessions: Arc<SessionCodec>,
     metadata: ArcSwapOption<Metadata>,
-    last_discovery_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
     discovery_lock: tokio::sync::Mutex<()>,
     /// States already redeemed (single use), with their expiry.
     used_states: DashMap<String, u64>,
@@ -171,7 +171,7 @@ impl Oidc {
             http,
             sessions,
             metadata: ArcSwapOption::empty(),
-            last_discovery_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             discovery_lock: tokio::sync::Mutex::new(()),
             used_states: DashMap::new(),
             refreshing: DashMap::new(),
@@ -203,34 +203,43 @@ impl Oidc {
         });
     }
 
-    /// The provider metadata, discovering it first if needed (rate-limited on failure).
+    /// The provider metadata, discovering it first if needed. A discovery in progress is
+    /// waited for; after a failure, new attempts are spaced by `DISCOVERY_RETRY`.
     pub async fn metadata(&self) -> Result<Arc<Metadata>, String> {
         if let Some(m) = self.metadata.load_full() {
             return Ok(m);
         }
-        let since = now_ms().saturating_sub(self.last_discovery_ms.load(Ordering::Acquire));
-        if since < DISCOVERY_RETRY.as_millis() as u64
-            && self.last_discovery_ms.load(Ordering::Acquire) != 0
-        {
-            return Err("provider discovery failed recently; retrying shortly".into());
+        let _guard = self.discovery_lock.lock().await;
+        if let Some(m) = self.metadata.load_full() {
+            return Ok(m);
         }
-        self.discover().await
+        let failed_at = self.last_failure_ms.load(Ordering::Acquire);
+        if failed_at != 0 && now_ms().saturating_sub(failed_at) < DISCOVERY_RETRY.as_millis() as u64
+        {
+            return Err("the provider could not be reached moments ago; retrying shortly".into());
+        }
+        self.discover_locked().await
     }
 
     async fn discover(&self) -> Result<Arc<Metadata>, String> {
         let _guard = self.discovery_lock.lock().await;
-        self.last_discovery_ms.store(now_ms(), Ordering::Release);
+        self.discover_locked().await
+    }
+
+    async fn discover_locked(&self) -> Result<Arc<Metadata>, String> {
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| e.to_string())?;
         let http = self.http_fn();
         match Metadata::discover_async(issuer, &http).await {
             Ok(m) => {
                 let m = Arc::new(m);
                 self.metadata.store(Some(m.clone()));
+                self.last_failure_ms.store(0, Ordering::Release);
                 tracing::debug!(issuer = %self.config.issuer, "provider discovered");
                 Ok(m)
             }
             Err(e) => {
                 let message = error_chain(&e);
+                self.last_failure_ms.store(now_ms(), Ordering::Release);
                 tracing::warn!(issuer = %self.config.issuer, error = %message, "provider discovery failed");
                 Err(message)
             }
@@ -274,6 +283,9 @@ impl Oidc {
         );
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
+        }
+        if let Some(prompt) = &self.config.prompt {
+            request = request.add_extra_param("prompt", prompt.clone());
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         let login = LoginState {

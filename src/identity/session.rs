@@ -109,7 +109,7 @@ impl SessionCodec {
     }
 
     fn context(host: &str) -> Vec<u8> {
-        format!("gatehouse session\0{host}").into_bytes()
+        format!("gatehouse session\0{}", cookie_scope(host)).into_bytes()
     }
 
     /// The session in the request's cookies, if it opens for this host. Tampered, foreign
@@ -173,13 +173,17 @@ impl SessionCodec {
 
     /// Seals arbitrary data for `purpose` on `host` (login state, Gogs cookies).
     pub fn seal(&self, purpose: &str, host: &str, plain: &[u8]) -> String {
-        self.ring
-            .seal(format!("{purpose}\0{host}").as_bytes(), plain)
+        self.ring.seal(
+            format!("{purpose}\0{}", cookie_scope(host)).as_bytes(),
+            plain,
+        )
     }
 
     pub fn open(&self, purpose: &str, host: &str, sealed: &str) -> Option<Vec<u8>> {
-        self.ring
-            .open(format!("{purpose}\0{host}").as_bytes(), sealed)
+        self.ring.open(
+            format!("{purpose}\0{}", cookie_scope(host)).as_bytes(),
+            sealed,
+        )
     }
 
     /// The CSRF token for forms posted back to the gateway by this session.
@@ -190,6 +194,22 @@ impl SessionCodec {
     pub fn check_csrf(&self, session: &Session, token: &str) -> bool {
         self.ring
             .verify_tag(b"gatehouse csrf", session.sid.as_bytes(), token)
+    }
+}
+
+/// What a cookie is bound to: the host name without port. Browsers keep cookies per host,
+/// not per port, so binding the port as well would only make sessions bounce between ports.
+pub fn cookie_scope(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !host.ends_with(']') =>
+        {
+            name
+        }
+        _ => host,
     }
 }
 
@@ -306,6 +326,18 @@ mod tests {
             no_refresh.standing(t + 300, &c.config),
             Standing::Expired(_)
         ));
+    }
+
+    #[test]
+    fn cookies_are_scoped_to_the_host_name_not_the_port() {
+        assert_eq!(cookie_scope("git.example.com:8443"), "git.example.com");
+        assert_eq!(cookie_scope("git.example.com"), "git.example.com");
+        assert_eq!(cookie_scope("[::1]:8443"), "[::1]");
+        assert_eq!(cookie_scope("[::1]"), "[::1]");
+        let c = codec();
+        let s = session(now());
+        let req = request_with(&c.write(&s, "git.example.com:8443"));
+        assert!(c.read(&req, "git.example.com").is_some());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod git_server;
+pub mod oidc;
 pub mod raw;
 pub mod upstream;
 
@@ -33,6 +34,7 @@ impl DevCa {
         let certs = gatehouse::certs::generate(&[
             HOST.into(),
             "other.example.test".into(),
+            "otlp.example.test".into(),
             "localhost".into(),
             "127.0.0.1".into(),
         ])

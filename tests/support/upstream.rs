@@ -51,6 +51,8 @@ pub enum Reply {
     Upgrade,
     /// 200 with a body that stops after a first chunk and never finishes.
     StallBody,
+    /// 200 "ok" with this extra response header.
+    Header(&'static str, &'static str),
 }
 
 pub struct RecordingUpstream {
@@ -185,6 +187,12 @@ async fn answer(
     };
     match reply {
         Reply::Ok => full(200, Bytes::from_static(b"ok")),
+        Reply::Header(name, value) => {
+            let mut r = full(200, Bytes::from_static(b"ok"));
+            r.headers_mut()
+                .append(name, value.parse().expect("header value"));
+            r
+        }
         Reply::Status(code) => full(code, Bytes::from(format!("status {code}"))),
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;

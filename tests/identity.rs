@@ -1,0 +1,975 @@
+//! Identity end to end: a real OpenID provider (`oidc-provider` on Node), a real browser
+//! (headless Chromium), real `git` with the gateway's credential helper, and the gateway
+//! binary in between. Threat-named tests for each way in that must stay shut.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use support::oidc::{AUDIENCE, CI_CLIENT, OidcProvider, PASSWORD, WEB_CLIENT};
+use support::raw::exchange;
+use support::{
+    DevCa, GatewayBuilder, GitServer, HOST, RecordingUpstream, Reply, TestGateway, git,
+    run_with_timeout,
+};
+
+const SESSION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const BROKER_TOKEN: &str = "broker-token-5f1c";
+const LIGHTSTEP_TOKEN: &str = "lightstep-project-token-9a7e";
+
+/// Secret files and the `[identity]` section for a gateway trusting `provider`.
+struct Secrets {
+    dir: tempfile::TempDir,
+}
+
+impl Secrets {
+    fn new(provider: &OidcProvider) -> Secrets {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write("oidc-secret", &provider.web_secret);
+        write("session.keys", &format!("{SESSION_KEY}\n"));
+        write("broker-token", BROKER_TOKEN);
+        write("lightstep-token", LIGHTSTEP_TOKEN);
+        let ed = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        write(
+            "assertion.key",
+            &format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                base64::engine::general_purpose::STANDARD.encode(ed.as_ref())
+            ),
+        );
+        Secrets { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn identity(&self, provider: &OidcProvider, session_extra: &str, audiences: &[&str]) -> String {
+        let audiences: Vec<String> = audiences.iter().map(|a| format!("{a:?}")).collect();
+        let audiences = audiences.join(", ");
+        let ca = provider.ca_file.display().to_string();
+        format!(
+            "[identity.oidc]\nissuer = {iss:?}\nclient_id = {WEB_CLIENT:?}\nclient_secret_file = {secret:?}\nscopes = [\"openid\", \"profile\", \"email\", \"groups\", \"offline_access\"]\nca_file = {ca:?}\ncli_client_id = \"gatehouse-cli\"\nprompt = \"consent\"\n\
+[identity.session]\nkeys_file = {keys:?}\n{session_extra}\n\
+[[identity.jwt]]\nissuer = {iss:?}\naudiences = [{audiences}]\nca_file = {ca:?}\n\
+[identity.assertion]\nkey_file = {assertion:?}\n",
+            iss = provider.issuer,
+            secret = self.path("oidc-secret"),
+            keys = self.path("session.keys"),
+            assertion = self.path("assertion.key"),
+        )
+    }
+
+    fn gogs_extra(&self) -> String {
+        format!(
+            "[routes.gogs]\nuser_header = \"X-WEBAUTH-USER\"\n[[routes.gogs.credentials]]\nusername = \"gatehouse-broker\"\ntoken_file = {:?}\n",
+            self.path("broker-token")
+        )
+    }
+
+    fn otlp_extra(&self) -> String {
+        format!(
+            "[routes.otlp]\naccess_token_file = {:?}\n",
+            self.path("lightstep-token")
+        )
+    }
+}
+
+fn cookie_header(outcome: &support::oidc::BrowserOutcome) -> String {
+    outcome
+        .cookies
+        .iter()
+        .filter(|c| c.name.starts_with("__Host-gatehouse"))
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn get_with(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+}
+
+struct Stack {
+    ca: DevCa,
+    provider: OidcProvider,
+    _secrets: Secrets,
+    up: RecordingUpstream,
+    gw: TestGateway,
+}
+
+impl Stack {
+    /// `git.example.test:PORT`, as a browser sends it.
+    fn hp(&self) -> String {
+        format!("{HOST}:{}", self.gw.port())
+    }
+}
+
+async fn stack(
+    provider_env: &[(&str, &str)],
+    session_extra: &str,
+    audiences: &[&str],
+    reply: Reply,
+) -> Stack {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start_with_env(&ca, provider_env));
+    let secrets = Secrets::new(&provider);
+    let up = RecordingUpstream::start(reply).await;
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, session_extra, audiences))
+        .route_with(
+            "gogs",
+            "gogs",
+            &[HOST, "other.example.test"],
+            &up.url(),
+            &secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            &up.url(),
+            &secrets.otlp_extra(),
+        )
+        .start(&ca);
+    Stack {
+        ca,
+        provider,
+        _secrets: secrets,
+        up,
+        gw,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_and_gogs_sees_exactly_one_identity_header() {
+    let s = stack(
+        &[],
+        "",
+        &[AUDIENCE],
+        Reply::Header("set-cookie", "i_like_gogs=gogs-session-1; Path=/; HttpOnly"),
+    )
+    .await;
+    let start = s.gw.url("/platform/app?tab=files");
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&start, "alice", PASSWORD));
+    assert!(
+        outcome.ok,
+        "browser: {}\ngateway:\n{}\nprovider:\n{}",
+        outcome.stderr,
+        s.gw.log(),
+        s.provider.log()
+    );
+    assert!(
+        outcome.login_form_seen,
+        "the provider's login form was not shown"
+    );
+    assert_eq!(
+        outcome.final_url, start,
+        "not returned to the page asked for"
+    );
+    assert_eq!(outcome.status, Some(200));
+
+    // The upstream saw alice, once, and nothing the gateway owns.
+    let seen = s.up.requests();
+    let last = seen
+        .iter()
+        .find(|r| r.target == "/platform/app?tab=files")
+        .expect("the page never reached Gogs");
+    assert_eq!(last.header_count("x-webauth-user"), 1);
+    assert_eq!(last.header("x-webauth-user"), Some("alice"));
+    assert!(last.header("authorization").is_none());
+    assert!(
+        !last
+            .header("cookie")
+            .unwrap_or("")
+            .contains("__Host-gatehouse"),
+        "{:?}",
+        last.header("cookie")
+    );
+    assert!(
+        last.header("x-gatehouse-identity").is_some(),
+        "no signed assertion"
+    );
+
+    // The session cookie follows the __Host- rules.
+    let session = outcome
+        .cookie("__Host-gatehouse")
+        .expect("no session cookie");
+    assert!(session.secure && session.http_only, "{session:?}");
+    assert_eq!(session.same_site, "Lax");
+    assert_eq!(session.path, "/");
+    assert_eq!(session.domain, HOST, "a host-only cookie has no Domain");
+    // Gogs's own cookie is sealed, never handed out raw.
+    let sealed = outcome
+        .cookie("__Host-gatehouse-g-i_like_gogs")
+        .expect("Gogs cookie not sealed");
+    assert!(!sealed.value.contains("gogs-session-1"));
+    assert!(outcome.cookie("i_like_gogs").is_none());
+
+    // The sealed cookie goes back to Gogs for alice as Gogs set it.
+    let cookies = cookie_header(&outcome);
+    s.up.clear();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/again",
+            &s.hp(),
+            &format!("Cookie: {cookies}; i_like_gogs=planted\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    assert_eq!(
+        s.up.requests()[0].header("cookie"),
+        Some("i_like_gogs=gogs-session-1")
+    );
+    assert!(s.gw.metric(r#"gatehouse_oidc_logins_total{result="success"}"#) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_gogs() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "bob", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let cookies = cookie_header(&outcome);
+    s.up.clear();
+    let spoof = format!(
+        "Cookie: {cookies}\r\nX-WEBAUTH-USER: admin\r\nx-webauth-user: root\r\nX_WEBAUTH_USER: admin\r\nX-Webauth-User: admin\r\nConnection: X-WEBAUTH-USER\r\nX-Gatehouse-Identity: forged\r\n"
+    );
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/", &s.hp(), &spoof).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    let seen = &s.up.requests()[0];
+    let values: Vec<_> = seen.headers.get_all("x-webauth-user").iter().collect();
+    assert_eq!(values, ["bob"]);
+    assert!(seen.header("x_webauth_user").is_none());
+    assert_ne!(seen.header("x-gatehouse-identity"), Some("forged"));
+
+    // Trailers cannot carry it either.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        format!("POST /x HTTP/1.1\r\nHost: {}\r\nCookie: {cookies}\r\nTransfer-Encoding: chunked\r\nTrailer: X-WEBAUTH-USER\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nX-WEBAUTH-USER: admin\r\n\r\n", s.hp()).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    let seen = s.up.requests();
+    let last = seen.last().unwrap();
+    let values: Vec<_> = last.headers.get_all("x-webauth-user").iter().collect();
+    assert_eq!(values, ["bob"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_foreign_and_expired_session_cookies_go_back_to_login() {
+    let s = stack(&[], "absolute_lifetime = \"8s\"", &[AUDIENCE], Reply::Ok).await;
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "alice", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let session = outcome.cookie("__Host-gatehouse").unwrap().value.clone();
+    let browser = "Accept: text/html\r\n";
+
+    let ok = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/",
+            &s.hp(),
+            &format!("{browser}Cookie: __Host-gatehouse={session}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+
+    // One flipped character anywhere: back to the provider, never an error.
+    let mut flipped = session.clone().into_bytes();
+    let i = flipped.len() / 2;
+    flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/",
+            &s.hp(),
+            &format!("{browser}Cookie: __Host-gatehouse={flipped}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(302), "{}", r.text);
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with(&s.provider.issuer),
+        "{}",
+        r.text
+    );
+
+    // The same cookie presented to another host the gateway serves.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "other.example.test",
+        get_with(
+            "/",
+            &format!("other.example.test:{}", s.gw.port()),
+            &format!("{browser}Cookie: __Host-gatehouse={session}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        Some(302),
+        "foreign-host cookie accepted: {}",
+        r.text
+    );
+
+    // Past the absolute lifetime: back to login, and the stale cookie is cleared.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/",
+            &s.hp(),
+            &format!("{browser}Cookie: __Host-gatehouse={session}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(302), "{}", r.text);
+    assert!(
+        r.text.contains("__Host-gatehouse=; Path=/"),
+        "expired session not cleared: {}",
+        r.text
+    );
+    // An API client with the expired cookie gets 401, not a redirect.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/api/v1/user",
+            &s.hp(),
+            &format!("Cookie: __Host-gatehouse={session}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401), "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_gets_the_right_challenge() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let ca = s.ca.ca();
+    // A browser page: sign-in redirect with PKCE S256, state and nonce.
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with("/platform/app", &s.hp(), "Accept: text/html\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(302), "{}", r.text);
+    let location = r.header("location").unwrap();
+    for part in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "state=",
+        "nonce=",
+        "response_type=code",
+        &format!("client_id={WEB_CLIENT}"),
+    ] {
+        assert!(location.contains(part), "{part} missing from {location}");
+    }
+    assert!(
+        r.text.contains("Set-Cookie: __Host-gatehouse-login-")
+            || r.text
+                .to_ascii_lowercase()
+                .contains("set-cookie: __host-gatehouse-login-"),
+        "{}",
+        r.text
+    );
+    assert!(s.up.requests().is_empty());
+    // git: Basic first, so git asks its credential helper.
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with(
+            "/platform/app.git/info/refs?service=git-upload-pack",
+            &s.hp(),
+            "User-Agent: git/2.47.3\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401), "{}", r.text);
+    let challenges: Vec<&str> = r
+        .text
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .collect();
+    assert!(
+        challenges[0].contains("Basic realm=\"gatehouse\""),
+        "{challenges:?}"
+    );
+    // An API call and an OTLP export: Bearer.
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with("/api/v1/user", &s.hp(), "Accept: application/json\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401));
+    assert!(r.text.contains("Bearer realm=\"gatehouse\""), "{}", r.text);
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        "otlp.example.test",
+        format!("POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", s.gw.port()).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401), "{}", r.text);
+    assert!(
+        r.text.contains("Bearer realm=\"gatehouse\"") && !r.text.contains("Basic"),
+        "{}",
+        r.text
+    );
+    assert!(
+        s.up.requests().is_empty(),
+        "an unauthenticated request reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_token_reaches_lightstep_with_the_gateways_token_only() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let token = tokio::task::block_in_place(|| {
+        s.provider
+            .client_credentials_token(CI_CLIENT, &s.provider.ci_secret, &[])
+    });
+    let port = s.gw.port();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "otlp.example.test",
+        format!("POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nLightstep-Access-Token: callers-own\r\nContent-Type: application/x-protobuf\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}\n{}", r.text, s.gw.log());
+    let seen = &s.up.requests()[0];
+    let tokens: Vec<_> = seen
+        .headers
+        .get_all("lightstep-access-token")
+        .iter()
+        .collect();
+    assert_eq!(tokens, [LIGHTSTEP_TOKEN]);
+    assert!(
+        seen.header("authorization").is_none(),
+        "the caller's token reached Lightstep"
+    );
+    assert_eq!(seen.body, b"abc");
+    // A second request is served from the verified-token cache.
+    let again = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "otlp.example.test",
+        format!("POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(again.status(), Some(200));
+    assert!(s.gw.metric(r#"gatehouse_token_cache_total{result="hit"}"#) >= 1.0);
+    assert!(
+        !s.gw.log().contains(LIGHTSTEP_TOKEN) && !s.gw.log().contains(&token),
+        "a secret reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_tokens_and_malformed_credentials_are_refused() {
+    // The web client's id is listed as an audience too, so only the ID-token markers stop
+    // an ID token here.
+    let s = stack(&[], "", &[AUDIENCE, WEB_CLIENT], Reply::Ok).await;
+    // A real ID token: authorization code flow for the web client, code exchanged here.
+    let verifier = "gatehouse-test-verifier-0123456789-abcdefghijklmnop";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+    );
+    let redirect = format!("https://{HOST}:{}/.gatehouse/oidc/callback", s.gw.port());
+    let url = s.provider.authorize_url(
+        &redirect,
+        "openid profile groups",
+        "st-1",
+        "nonce-1",
+        &challenge,
+        &[],
+    );
+    let outcome = tokio::task::block_in_place(|| s.provider.browser_login(&url, "alice", PASSWORD));
+    let code = outcome
+        .final_url
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap_or_else(|| panic!("no code in {}", outcome.final_url))
+        .to_string();
+    let tokens =
+        tokio::task::block_in_place(|| s.provider.exchange_code(&code, &redirect, verifier))
+            .expect("code exchange");
+    let id_token = tokens.id_token.expect("no ID token");
+    let upstream_before = s.up.requests().len();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/api/v1/user",
+            &s.hp(),
+            &format!("Authorization: Bearer {id_token}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401), "{}", r.text);
+    assert!(r.text.contains("ID tokens are not accepted"), "{}", r.text);
+    // Garbage in every credential form.
+    for auth in [
+        "Bearer",
+        "Bearer ",
+        "Bearer a.b.c",
+        "Basic !!!",
+        "Basic Z2F0ZWhvdXNl",
+        "Negotiate abc",
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    ] {
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            get_with(
+                "/api/v1/user",
+                &s.hp(),
+                &format!("Authorization: {auth}\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(401), "{auth}: {}", r.text);
+    }
+    assert_eq!(
+        s.up.requests().len(),
+        upstream_before,
+        "a refused credential reached the upstream"
+    );
+    assert!(s.gw.metric(r#"gatehouse_auth_rejected_total{reason="id_token"}"#) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_needs_the_csrf_token_and_ends_the_provider_session() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "carol", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let cookies = cookie_header(&outcome);
+    let page = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/.gatehouse/logout",
+            &s.hp(),
+            &format!("Cookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(page.status(), Some(200));
+    let csrf = page
+        .text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("no CSRF token in the page")
+        .to_string();
+    let post = |body: String, origin: &str| {
+        format!(
+            "POST /.gatehouse/logout HTTP/1.1\r\nHost: {}\r\nCookie: {cookies}\r\nOrigin: {origin}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.hp(),
+            body.len()
+        )
+    };
+    let own = format!("https://{HOST}:{}", s.gw.port());
+    // Without the token, with a wrong one, or from another origin: refused.
+    for (body, origin) in [
+        ("".to_string(), own.as_str()),
+        ("csrf=forged".to_string(), own.as_str()),
+        (format!("csrf={csrf}"), "https://evil.example"),
+    ] {
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            post(body.clone(), origin).as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(403), "{body} from {origin}: {}", r.text);
+    }
+    // A GET never signs out.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/.gatehouse/logout?csrf=x",
+            &s.hp(),
+            &format!("Cookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(!r.text.contains("Max-Age=0"), "GET cleared the session");
+    // With it: cookies cleared and off to the provider's end-session endpoint.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        post(format!("csrf={csrf}"), &own).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(303), "{}", r.text);
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with(&s.provider.issuer), "{location}");
+    assert!(
+        location.contains("id_token_hint=") && location.contains("post_logout_redirect_uri="),
+        "{location}"
+    );
+    assert!(r.text.contains("__Host-gatehouse=; Path=/"), "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_state_must_be_present_bound_and_fresh() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let ca = s.ca.ca();
+    let callback = |query: &str, cookie: &str| {
+        get_with(
+            &format!("/.gatehouse/oidc/callback?{query}"),
+            &s.hp(),
+            &if cookie.is_empty() {
+                String::new()
+            } else {
+                format!("Cookie: {cookie}\r\n")
+            },
+        )
+    };
+    // Missing state.
+    let r = exchange(s.gw.https, &ca, HOST, callback("code=abc", "").as_bytes()).await;
+    assert_eq!(r.status(), Some(400), "{}", r.text);
+    assert!(r.text.contains("sign-in link is not valid"));
+    // A state with no pre-login cookie (a link sent by someone else: login CSRF).
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        callback("code=abc&state=attackerstate12345", "").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(400));
+    // A real pre-login cookie, but another login's state.
+    let start = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with("/", &s.hp(), "Accept: text/html\r\n").as_bytes(),
+    )
+    .await;
+    let set_cookie = start
+        .text
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: __host-gatehouse-login-")
+        })
+        .unwrap();
+    let pair = set_cookie
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (name, _) = pair.split_once('=').unwrap();
+    let foreign_state = format!("{}zz", &name["__Host-gatehouse-login-".len()..]);
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        callback(&format!("code=abc&state={foreign_state}"), &pair).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(400), "{}", r.text);
+    assert!(s.up.requests().is_empty());
+    assert!(s.gw.metric(r#"gatehouse_oidc_logins_total{result="state"}"#) >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_address_is_kept_on_site() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    for evil in [
+        "//evil.example/x",
+        "/\\evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+    ] {
+        let url = format!(
+            "{}?return_to={}",
+            s.gw.url("/.gatehouse/oidc/login"),
+            support::oidc::form_encode(evil)
+        );
+        let outcome =
+            tokio::task::block_in_place(|| s.provider.browser_login(&url, "alice", PASSWORD));
+        assert!(outcome.ok, "{evil}: {}", outcome.stderr);
+        assert_eq!(
+            outcome.final_url,
+            s.gw.url("/"),
+            "{evil} led to {}",
+            outcome.final_url
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_refresh_silently_before_the_provider_tokens_expire() {
+    // ID tokens live 20 s; the gateway refreshes when 15 s or less remain.
+    let s = stack(
+        &[("OIDC_ID_TOKEN_TTL", "20")],
+        "refresh_before = \"15s\"",
+        &[AUDIENCE],
+        Reply::Ok,
+    )
+    .await;
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "bob", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let cookies = cookie_header(&outcome);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/", &s.hp(), &format!("Cookie: {cookies}\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}\n{}", r.text, s.gw.log());
+    assert!(
+        r.text.contains("__Host-gatehouse="),
+        "no refreshed session cookie: {}",
+        r.text
+    );
+    assert_eq!(
+        s.gw.metric(r#"gatehouse_session_refresh_total{result="success"}"#),
+        1.0,
+        "{}",
+        s.gw.log()
+    );
+    assert_eq!(
+        s.up.requests().last().unwrap().header("x-webauth-user"),
+        Some("bob")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_provider_down_cached_keys_keep_tokens_working_and_sign_in_says_why() {
+    let mut s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let token = tokio::task::block_in_place(|| {
+        s.provider
+            .client_credentials_token(CI_CLIENT, &s.provider.ci_secret, &[])
+    });
+    let port = s.gw.port();
+    let post = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let r = exchange(s.gw.https, &s.ca.ca(), "otlp.example.test", post.as_bytes()).await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    tokio::task::block_in_place(|| s.provider.stop());
+    // Restart the gateway's view of the world: a fresh gateway would have no keys; this one has them.
+    let r = exchange(s.gw.https, &s.ca.ca(), "otlp.example.test", post.as_bytes()).await;
+    assert_eq!(
+        r.status(),
+        Some(200),
+        "cached verification failed with the provider down: {}",
+        r.text
+    );
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/.gatehouse/oidc/login", &s.hp(), "Accept: text/html\r\n").as_bytes(),
+    )
+    .await;
+    // Discovery was done at start, so the redirect still works; the provider itself is down.
+    assert!(matches!(r.status(), Some(302) | Some(503)), "{}", r.text);
+}
+
+/// `gatehouse login` (device grant, completed in the browser) and then `git clone` through the
+/// gateway with `gatehouse git-credential` as git's credential helper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_clone_works_with_the_credential_helper_after_a_device_login() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider);
+    let repos = tempfile::tempdir().unwrap();
+    let server = GitServer::start(repos.path()).await;
+    server.create_repo("platform/app.git");
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, "", &[AUDIENCE]))
+        .route_with(
+            "gogs",
+            "gogs",
+            &["localhost"],
+            &server.url(),
+            &secrets.gogs_extra(),
+        )
+        .start(&ca);
+    let home = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_gatehouse");
+    // "localhost" resolves everywhere, so the CLI and git need no resolver overrides.
+    let gateway_url = format!("https://localhost:{}", gw.port());
+    let repo_url = format!("{gateway_url}/platform/app.git");
+
+    // Without signing in, git is refused and asks for credentials it cannot get.
+    let work = tempfile::tempdir().unwrap();
+    let helper = format!("!{bin} git-credential");
+    let clone = |dest: &Path| {
+        let mut cmd = git(
+            &ca,
+            work.path(),
+            gw.port(),
+            &[
+                "-c",
+                &format!("credential.helper={helper}"),
+                "clone",
+                "--quiet",
+                &repo_url,
+                dest.to_str().unwrap(),
+            ],
+        );
+        cmd.env("XDG_CONFIG_HOME", home.path())
+            .env("HOME", home.path());
+        cmd
+    };
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(&mut clone(&work.path().join("refused")), 60)
+    });
+    assert!(!ok, "clone succeeded without signing in");
+    assert!(
+        err.contains("401")
+            || err.contains("Authentication failed")
+            || err.contains("could not read Username"),
+        "{err}"
+    );
+
+    // gatehouse login: print the URL, wait for the person, store the tokens.
+    let mut login = Command::new(bin);
+    login
+        .args(["login", "--gateway", &gateway_url])
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ca.apply_env(&mut login);
+    let mut child = login.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(url) = line.trim().strip_prefix("Open ") {
+                return Some(url.to_string());
+            }
+            line.clear();
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let Some(url) = url else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "gatehouse login printed no URL: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let grant = support::oidc::DeviceGrant {
+        client_id: "gatehouse-cli".into(),
+        device_code: String::new(),
+        user_code: String::new(),
+        verification_uri: url.clone(),
+        verification_uri_complete: url,
+        expires_in: 0,
+    };
+    tokio::task::block_in_place(|| provider.device_complete(&grant, "alice", PASSWORD))
+        .expect("device login in the browser");
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "gatehouse login failed");
+    let stored = home.path().join("gatehouse/credentials.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // Now git clones, with the helper answering for the gateway.
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run_with_timeout(&mut clone(&work.path().join("app")), 60));
+    assert!(ok, "clone failed: {out}{err}\n{}", gw.log());
+    // Git reached the server with the broker's credential, never alice's token.
+    let seen = server.requests();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("gatehouse-broker:{BROKER_TOKEN}"))
+    );
+    assert!(
+        seen.iter().all(
+            |(_, h)| h.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(expected.as_str())
+        ),
+        "git server saw other credentials"
+    );
+    assert!(gw.metric(r#"gatehouse_auth_total{method="basic"}"#) >= 1.0);
+}

@@ -560,6 +560,52 @@ async fn id_tokens_and_malformed_credentials_are_refused() {
     .await;
     assert_eq!(r.status(), Some(401), "{}", r.text);
     assert!(r.text.contains("ID tokens are not accepted"), "{}", r.text);
+    // A valid provider token for another API.
+    let other = tokio::task::block_in_place(|| {
+        s.provider.client_credentials_token(
+            CI_CLIENT,
+            &s.provider.ci_secret,
+            &[("resource", "urn:audience:another-api")],
+        )
+    });
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/api/v1/user",
+            &s.hp(),
+            &format!("Authorization: Bearer {other}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(401), "{}", r.text);
+    assert!(r.text.contains("audience is not accepted"), "{}", r.text);
+    // Tokens signed with the provider's other keys (ES256, EdDSA) are fine.
+    for alg in ["ES256", "EdDSA"] {
+        let t = tokio::task::block_in_place(|| {
+            s.provider.client_credentials_token(
+                CI_CLIENT,
+                &s.provider.ci_secret,
+                &[("resource", &format!("urn:gatehouse:alg:{alg}"))],
+            )
+        });
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            get_with(
+                "/api/v1/user",
+                &s.hp(),
+                &format!("Authorization: Bearer {t}\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(200), "{alg}: {}", r.text);
+    }
+    let upstream_before = s.up.requests().len();
     // Garbage in every credential form.
     for auth in [
         "Bearer",

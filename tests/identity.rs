@@ -854,36 +854,265 @@ async fn sessions_refresh_silently_before_the_provider_tokens_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_provider_down_cached_keys_keep_tokens_working_and_sign_in_says_why() {
+async fn with_the_provider_down_cached_keys_keep_verifying_and_sign_in_says_why() {
     let mut s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
-    let token = tokio::task::block_in_place(|| {
-        s.provider
-            .client_credentials_token(CI_CLIENT, &s.provider.ci_secret, &[])
-    });
+    let ci = |p: &OidcProvider| p.client_credentials_token(CI_CLIENT, &p.ci_secret, &[]);
+    let first = tokio::task::block_in_place(|| ci(&s.provider));
+    let second = tokio::task::block_in_place(|| ci(&s.provider));
     let port = s.gw.port();
-    let post = format!(
-        "POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let r = exchange(s.gw.https, &s.ca.ca(), "otlp.example.test", post.as_bytes()).await;
+    let post = |token: &str| {
+        format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "otlp.example.test",
+        post(&first).as_bytes(),
+    )
+    .await;
     assert_eq!(r.status(), Some(200), "{}", r.text);
     tokio::task::block_in_place(|| s.provider.stop());
-    // Restart the gateway's view of the world: a fresh gateway would have no keys; this one has them.
-    let r = exchange(s.gw.https, &s.ca.ca(), "otlp.example.test", post.as_bytes()).await;
+    // A token the gateway has never seen verifies with the keys it holds.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "otlp.example.test",
+        post(&second).as_bytes(),
+    )
+    .await;
     assert_eq!(
         r.status(),
         Some(200),
-        "cached verification failed with the provider down: {}",
+        "verification failed with the provider down: {}",
         r.text
     );
+    // Signing in needs the provider: a clear 503 page, not an error.
     let r = exchange(
         s.gw.https,
         &s.ca.ca(),
         HOST,
-        get_with("/.gatehouse/oidc/login", &s.hp(), "Accept: text/html\r\n").as_bytes(),
+        get_with("/", &s.hp(), "Accept: text/html\r\n").as_bytes(),
     )
     .await;
-    // Discovery was done at start, so the redirect still works; the provider itself is down.
-    assert!(matches!(r.status(), Some(302) | Some(503)), "{}", r.text);
+    let status = r.status();
+    // Discovery happened at start, so the redirect may still be issued (the browser then meets
+    // the provider's absence); a fresh gateway answers 503.
+    assert!(matches!(status, Some(302) | Some(503)), "{}", r.text);
+    let fresh = GatewayBuilder::new()
+        .toml(&s._secrets.identity(&s.provider, "", &[AUDIENCE]))
+        .route_with(
+            "gogs",
+            "gogs",
+            &[HOST],
+            &s.up.url(),
+            &s._secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            &s.up.url(),
+            &s._secrets.otlp_extra(),
+        )
+        .start(&s.ca);
+    let r = exchange(
+        fresh.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/",
+            &format!("{HOST}:{}", fresh.port()),
+            "Accept: text/html\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(503), "{}", r.text);
+    assert!(
+        r.text.contains("identity provider cannot be reached"),
+        "{}",
+        r.text
+    );
+    // ... and a token it has no keys for is refused with 503, not accepted.
+    let fresh_port = fresh.port();
+    let r = exchange(
+        fresh.https,
+        &s.ca.ca(),
+        "otlp.example.test",
+        format!("POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{fresh_port}\r\nAuthorization: Bearer {second}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(503), "{}", r.text);
+    assert!(
+        s.up.requests().len() == 2,
+        "a request reached the upstream unverified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kid_storm_fetches_the_jwks_at_most_once() {
+    use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256};
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    // Let the start-up fetch happen first.
+    let token = tokio::task::block_in_place(|| {
+        s.provider
+            .client_credentials_token(CI_CLIENT, &s.provider.ci_secret, &[])
+    });
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/api/v1/user",
+            &s.hp(),
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    let jwks_fetches = |log: &str| log.lines().filter(|l| l.contains(" GET /jwks ")).count();
+    let before = jwks_fetches(&s.provider.log());
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..20 {
+        let header = format!(r#"{{"alg":"RS256","typ":"at+jwt","kid":"storm-{i}"}}"#);
+        let claims = format!(
+            r#"{{"iss":"{}","aud":"gatehouse","sub":"x","exp":{}}}"#,
+            s.provider.issuer,
+            now + 300
+        );
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let mut sig = vec![0u8; key.public_modulus_len()];
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            input.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        let _ = key.public_key();
+        let forged = format!("{input}.{}", b64(&sig));
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            get_with(
+                "/api/v1/user",
+                &s.hp(),
+                &format!("Authorization: Bearer {forged}\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(401), "{}", r.text);
+        assert!(r.text.contains("signing key is unknown"), "{}", r.text);
+    }
+    let after = jwks_fetches(&s.provider.log());
+    assert!(
+        after - before <= 1,
+        "{} JWKS fetches for 20 unknown kids",
+        after - before
+    );
+    assert!(s.gw.metric(r#"gatehouse_auth_rejected_total{reason="unknown_kid"}"#) >= 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_state_is_used_once_and_a_code_from_another_sign_in_is_refused() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let ca = s.ca.ca();
+    // Start two sign-ins at the gateway, keeping each pre-login cookie.
+    let begin = || async {
+        let r = exchange(
+            s.gw.https,
+            &ca,
+            HOST,
+            get_with("/.gatehouse/oidc/login", &s.hp(), "").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(302), "{}", r.text);
+        let cookie = r
+            .text
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("set-cookie: __host-gatehouse-login-")
+            })
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().split(';').next().unwrap_or("").to_string())
+            .expect("no pre-login cookie");
+        (r.header("location").unwrap(), cookie)
+    };
+    let (authorize_a, cookie_a) = begin().await;
+    let (authorize_b, _cookie_b) = begin().await;
+    // The person signs in at the provider; the browser (without the pre-login cookie) lands on
+    // the callback, which fails there; its URL carries the code and state.
+    let code_url = |authorize: String| {
+        let outcome =
+            tokio::task::block_in_place(|| s.provider.browser_login(&authorize, "alice", PASSWORD));
+        assert!(
+            outcome.final_url.contains("/.gatehouse/oidc/callback?"),
+            "{}",
+            outcome.final_url
+        );
+        outcome.final_url
+    };
+    let callback_a = code_url(authorize_a);
+    let callback_b = code_url(authorize_b);
+    let path = |url: &str| url[url.find("/.gatehouse").unwrap()..].to_string();
+    let params_b = support::oidc::query_params(&callback_b);
+    let params_a = support::oidc::query_params(&callback_a);
+
+    // Login A's state and cookie with login B's code: B's code is bound to B's PKCE verifier
+    // and nonce, so it cannot complete A.
+    let mixed = format!(
+        "/.gatehouse/oidc/callback?code={}&state={}&iss={}",
+        params_b["code"],
+        params_a["state"],
+        support::oidc::form_encode(&s.provider.issuer)
+    );
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with(&mixed, &s.hp(), &format!("Cookie: {cookie_a}\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(400), "{}", r.text);
+    assert!(
+        !r.text
+            .to_ascii_lowercase()
+            .contains("set-cookie: __host-gatehouse="),
+        "a session was issued: {}",
+        r.text
+    );
+
+    // Login A's own callback was spent by the mixed attempt (state is single-use).
+    let r = exchange(
+        s.gw.https,
+        &ca,
+        HOST,
+        get_with(
+            &path(&callback_a),
+            &s.hp(),
+            &format!("Cookie: {cookie_a}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        Some(400),
+        "a used state was accepted again: {}",
+        r.text
+    );
+    assert!(r.text.contains("sign-in link is not valid"), "{}", r.text);
 }
 
 /// `gatehouse login` (device grant, completed in the browser) and then `git clone` through the

@@ -9,9 +9,11 @@
 
 pub mod broker;
 pub mod certs;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

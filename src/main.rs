@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Authorization policy tools: run the test cases, explain a decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// git credential helper: `git config --global credential.https://git.example.com.helper
     /// "gatehouse git-credential"`.
     GitCredential {
@@ -76,6 +81,63 @@ enum Command {
         /// Trust only this CA when refreshing tokens.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum PolicyCommand {
+    /// Run the cases in DIR/tests/*.yaml against the policy in DIR; exit 1 on any failure.
+    Test {
+        /// Policy directory (default: the one the configuration names).
+        dir: Option<PathBuf>,
+        /// Configuration file (routes are checked against it).
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Show how a request is classified, every rule of its route with the first condition that
+    /// failed (or that it matched), and the decision.
+    Explain {
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Policy directory (default: the one the configuration names).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        route: String,
+        /// Caller subject; omit for an unauthenticated caller.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Caller groups, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        client_id: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        email_verified: bool,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Path, with an optional ?query.
+        #[arg(long)]
+        path: String,
+        /// A ref a push updates: "refs/heads/main", or "create|update|delete refs/...". Repeatable.
+        #[arg(long = "ref-update")]
+        ref_updates: Vec<String>,
+        /// A service.name of an OTLP export. Repeatable.
+        #[arg(long = "service")]
+        services: Vec<String>,
     },
 }
 
@@ -105,10 +167,25 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gatehouse: {e:#}");
+            eprintln!("gatehouse: {}", describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a cause its parent already shows.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn init_logging(format: LogFormat) {
@@ -153,6 +230,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => policy_command(command),
         Command::GitCredential { operation, ca_file } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -255,6 +333,110 @@ fn check(path: &std::path::Path) -> ExitCode {
         plural(config.server.plaintext_listen.len()),
     );
     ExitCode::SUCCESS
+}
+
+fn policy_dir(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    dir.or_else(|| config.policy.as_ref().map(|p| p.dir.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no [policy] dir configured; pass the directory",
+                config.source.display()
+            )
+        })
+}
+
+fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use gatehouse::policy::{self, testing};
+    match command {
+        PolicyCommand::Test { dir, config } => {
+            let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let dir = policy_dir(&config, dir)?;
+            let routes = policy::compile::known_routes(&config);
+            let compiled = match policy::load_dir(&dir, &routes) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match testing::run(&compiled, &routes, &dir) {
+                Ok(outcomes) => {
+                    print!("{}", testing::table(&outcomes));
+                    Ok(
+                        if outcomes.iter().all(|o| o.passed) && !outcomes.is_empty() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        },
+                    )
+                }
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        PolicyCommand::Explain {
+            config,
+            dir,
+            route,
+            sub,
+            groups,
+            client_id,
+            email,
+            email_verified,
+            method,
+            path,
+            ref_updates,
+            services,
+        } => {
+            let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let dir = policy_dir(&config, dir)?;
+            let routes = policy::compile::known_routes(&config);
+            let compiled = match policy::load_dir(&dir, &routes) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let ref_updates = ref_updates
+                .iter()
+                .map(|r| {
+                    if r.contains(' ') {
+                        r.clone()
+                    } else {
+                        format!("update {r}")
+                    }
+                })
+                .collect();
+            let request = testing::request_of(
+                &routes,
+                &testing::CaseRequest {
+                    route,
+                    method,
+                    path,
+                    ref_updates,
+                    services,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let caller = sub.map(|sub| policy::Subject {
+                sub,
+                groups,
+                client_id,
+                email,
+                email_verified,
+            });
+            print!(
+                "{}",
+                gatehouse::policy::explain::render(&compiled, caller.as_ref(), &request)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Every secret the configuration names, with the key that names it.

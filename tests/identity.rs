@@ -16,76 +16,7 @@ use support::{
     run_with_timeout,
 };
 
-const SESSION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const BROKER_TOKEN: &str = "broker-token-5f1c";
-const LIGHTSTEP_TOKEN: &str = "lightstep-project-token-9a7e";
-
-/// Secret files and the `[identity]` section for a gateway trusting `provider`.
-struct Secrets {
-    dir: tempfile::TempDir,
-}
-
-impl Secrets {
-    fn new(provider: &OidcProvider) -> Secrets {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            use std::os::unix::fs::PermissionsExt;
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
-        write("oidc-secret", &provider.web_secret);
-        write("session.keys", &format!("{SESSION_KEY}\n"));
-        write("broker-token", BROKER_TOKEN);
-        write("lightstep-token", LIGHTSTEP_TOKEN);
-        let ed = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
-            &aws_lc_rs::rand::SystemRandom::new(),
-        )
-        .unwrap();
-        write(
-            "assertion.key",
-            &format!(
-                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-                base64::engine::general_purpose::STANDARD.encode(ed.as_ref())
-            ),
-        );
-        Secrets { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn identity(&self, provider: &OidcProvider, session_extra: &str, audiences: &[&str]) -> String {
-        let audiences: Vec<String> = audiences.iter().map(|a| format!("{a:?}")).collect();
-        let audiences = audiences.join(", ");
-        let ca = provider.ca_file.display().to_string();
-        format!(
-            "[identity.oidc]\nissuer = {iss:?}\nclient_id = {WEB_CLIENT:?}\nclient_secret_file = {secret:?}\nscopes = [\"openid\", \"profile\", \"email\", \"groups\", \"offline_access\"]\nca_file = {ca:?}\ncli_client_id = \"gatehouse-cli\"\nprompt = \"consent\"\n\
-[identity.session]\nkeys_file = {keys:?}\n{session_extra}\n\
-[[identity.jwt]]\nissuer = {iss:?}\naudiences = [{audiences}]\nca_file = {ca:?}\n\
-[identity.assertion]\nkey_file = {assertion:?}\n",
-            iss = provider.issuer,
-            secret = self.path("oidc-secret"),
-            keys = self.path("session.keys"),
-            assertion = self.path("assertion.key"),
-        )
-    }
-
-    fn gogs_extra(&self) -> String {
-        format!(
-            "[routes.gogs]\nuser_header = \"X-WEBAUTH-USER\"\n[[routes.gogs.credentials]]\nusername = \"gatehouse-broker\"\ntoken_file = {:?}\n",
-            self.path("broker-token")
-        )
-    }
-
-    fn otlp_extra(&self) -> String {
-        format!(
-            "[routes.otlp]\naccess_token_file = {:?}\n",
-            self.path("lightstep-token")
-        )
-    }
-}
+use support::secrets::{ALLOW_ALL, BROKER_TOKEN, LIGHTSTEP_TOKEN, Secrets};
 
 fn cookie_header(outcome: &support::oidc::BrowserOutcome) -> String {
     outcome
@@ -124,7 +55,7 @@ async fn stack(
 ) -> Stack {
     let ca = DevCa::new();
     let provider = tokio::task::block_in_place(|| OidcProvider::start_with_env(&ca, provider_env));
-    let secrets = Secrets::new(&provider);
+    let secrets = Secrets::new(&provider, ALLOW_ALL);
     let up = RecordingUpstream::start(reply).await;
     let gw = GatewayBuilder::new()
         .toml(&secrets.identity(&provider, session_extra, audiences))
@@ -545,7 +476,6 @@ async fn id_tokens_and_malformed_credentials_are_refused() {
         tokio::task::block_in_place(|| s.provider.exchange_code(&code, &redirect, verifier))
             .expect("code exchange");
     let id_token = tokens.id_token.expect("no ID token");
-    let upstream_before = s.up.requests().len();
     let r = exchange(
         s.gw.https,
         &s.ca.ca(),
@@ -1121,7 +1051,7 @@ async fn a_sign_in_state_is_used_once_and_a_code_from_another_sign_in_is_refused
 async fn git_clone_works_with_the_credential_helper_after_a_device_login() {
     let ca = DevCa::new();
     let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
-    let secrets = Secrets::new(&provider);
+    let secrets = Secrets::new(&provider, ALLOW_ALL);
     let repos = tempfile::tempdir().unwrap();
     let server = GitServer::start(repos.path()).await;
     server.create_repo("platform/app.git");
@@ -1133,6 +1063,13 @@ async fn git_clone_works_with_the_credential_helper_after_a_device_login() {
             &["localhost"],
             &server.url(),
             &secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            "http://127.0.0.1:9",
+            &secrets.otlp_extra(),
         )
         .start(&ca);
     let home = tempfile::tempdir().unwrap();

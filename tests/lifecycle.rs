@@ -314,6 +314,20 @@ fn check_accepts_the_example_config_with_dev_certificates() {
     .unwrap();
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(&config, example).unwrap();
+    // The example's policies come along (the config names them relative to itself).
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(policies.join("tests")).unwrap();
+    for sub in ["", "tests"] {
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(sub);
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, policies.join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
     let bin = env!("CARGO_BIN_EXE_gatehouse");
     let (ok, out, err) = run_with_timeout(
         Command::new(bin)

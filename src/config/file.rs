@@ -14,8 +14,16 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     pub metrics: Option<FileMetrics>,
     pub identity: Option<FileIdentity>,
+    pub policy: Option<FilePolicy>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicy {
+    pub dir: Spanned<String>,
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,7 +40,16 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub metrics: Option<MetricsConfig>,
     pub identity: IdentityConfig,
+    pub policy: Option<PolicyConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Where the authorization policy files are.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+    /// Reload when a file in the directory changes (SIGHUP always reloads).
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +473,10 @@ impl Validator<'_> {
         });
 
         let identity = self.identity(file.identity.as_ref());
+        let policy = file.policy.as_ref().map(|p| PolicyConfig {
+            dir: self.path(p.dir.get_ref()),
+            watch: p.watch.unwrap_or(true),
+        });
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -502,6 +515,7 @@ impl Validator<'_> {
             tls,
             metrics,
             identity,
+            policy,
             routes,
         }
     }

@@ -94,7 +94,7 @@ pub enum IdentityBuildError {
     },
     #[error("identity.oidc.client_secret: {0}")]
     ClientSecret(#[source] SecretError),
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] ClientBuildError),
     #[error("identity.assertion: {0}")]
     Assertion(String),

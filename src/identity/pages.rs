@@ -40,6 +40,19 @@ pub fn logout_form(who: &str, csrf: &str) -> String {
     )
 }
 
+/// A request the policy refused: which rule, and the id to quote when asking for access.
+pub fn forbidden(reason: &str, rule: &str, request_id: &str) -> String {
+    page(
+        "Access denied",
+        &format!(
+            "<p>{}</p><p>Rule: <code>{}</code></p><p>If you need access, ask your security team and quote the request id <code>{}</code>.</p>",
+            escape(reason),
+            escape(rule),
+            escape(request_id)
+        ),
+    )
+}
+
 pub fn signed_out() -> String {
     page(
         "Signed out",

@@ -48,6 +48,8 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    #[error("request body cannot be read: {0}")]
+    Unreadable(String),
 }
 
 fn upstream_message(kind: UpstreamErrorKind) -> &'static str {
@@ -84,6 +86,7 @@ impl ProxyError {
             Upstream(_) => StatusCode::BAD_GATEWAY,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Forbidden(_) => StatusCode::FORBIDDEN,
+            Unreadable(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -106,6 +109,7 @@ impl ProxyError {
             Upstream(_) => "upstream",
             ShuttingDown => "shutting_down",
             Forbidden(_) => "forbidden",
+            Unreadable(_) => "unreadable_body",
         }
     }
 

@@ -3,6 +3,7 @@
 //! [`Gateway::handle`] is the one place the stages are put in order; each stage lives in its
 //! own module and knows nothing of sockets. See ARCHITECTURE.md for the whole picture.
 
+pub mod authorize;
 pub mod body;
 pub mod client;
 pub mod downstream;
@@ -10,6 +11,7 @@ pub mod endpoints;
 pub mod error;
 pub mod headers;
 pub mod host;
+pub mod inspect;
 pub mod path;
 pub mod request_id;
 pub mod response;
@@ -20,13 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Extensions, Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
@@ -36,8 +35,8 @@ use crate::config::{Config, SecretError, UpstreamProtocol};
 use crate::identity::challenge::{self, Challenge, ChallengeKind};
 use crate::identity::{Authenticator, Caller, IdentityBuildError, Outcome, assertion, cookies};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UpstreamErrorKind, method_index};
-use body::{Guarded, Progress};
-use client::{ClientBuildError, ForwardBody};
+use body::Guarded;
+use client::ClientBuildError;
 use downstream::{Downstream, InFlight};
 use error::ProxyError;
 use headers::{ForwardingFacts, X_REQUEST_ID};
@@ -48,12 +47,14 @@ use route::{Route, RouteTable};
 /// Why a configuration could not be made into a runtime (the running one then stays).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("{0}")]
+    #[error(transparent)]
     Identity(#[from] IdentityBuildError),
     #[error("route {route}: {error}")]
     Secret { route: String, error: SecretError },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Everything derived from one configuration, swapped as a whole on reload.
@@ -61,6 +62,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable,
     pub identity: Arc<Authenticator>,
+    pub policy: Arc<crate::policy::PolicyStore>,
     /// Metrics for requests refused before a route was chosen.
     pub unrouted: RouteMetrics,
 }
@@ -75,6 +77,14 @@ impl Runtime {
                 &config.identity,
                 metrics.identity.clone(),
             )?),
+            policy: {
+                let store = crate::policy::PolicyStore::load(
+                    config.policy.as_ref().map(|p| p.dir.as_path()),
+                    crate::policy::compile::known_routes(&config),
+                )?;
+                metrics.policy_rules.set(store.current().rule_count as i64);
+                Arc::new(store)
+            },
             unrouted: metrics.for_route("-"),
             config: Arc::new(config),
         })
@@ -258,6 +268,20 @@ impl Gateway {
         }
         let route = rt.routes.lookup(&host, path)?.clone();
         let (mut parts, body) = req.into_parts();
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or(ProxyError::Framing("malformed Content-Length"))?;
+            let limit = route.config.max_body_bytes;
+            if len > limit {
+                return Err(Failure {
+                    error: ProxyError::BodyTooLarge(limit),
+                    route: Some(route),
+                });
+            }
+        }
 
         // Stage 5: who is calling. Consumes `Authorization` and the gateway's own cookies.
         let caller = if route.config.auth.public {
@@ -275,7 +299,22 @@ impl Gateway {
             }
         };
 
-        match forward(parts, body, &ctx, &route, caller, in_flight).await {
+        // Stage 6: what the request is, and whether the policy lets this caller do it.
+        let inbound = match authorize::authorize(&parts, body, &ctx, &route, caller.as_ref()).await
+        {
+            Ok(authorize::Verdict::Forward { inbound, .. }) => inbound,
+            Ok(authorize::Verdict::Refused { response, .. }) => {
+                return Ok((*response, Some(route)));
+            }
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    route: Some(route),
+                });
+            }
+        };
+
+        match forward(parts, inbound, &ctx, &route, caller, in_flight).await {
             Ok(resp) => Ok((resp, Some(route))),
             Err(error) => Err(Failure {
                 error,
@@ -364,29 +403,18 @@ fn request_host<'r>(
     Ok(host)
 }
 
-/// Stages 6 to 9: header hygiene, brokering, the upstream exchange, and the response.
+/// Stages 7 to 10: header hygiene, brokering, the upstream exchange, and the response.
 async fn forward(
     mut parts: Parts,
-    body: Incoming,
+    inbound: authorize::Inbound,
     ctx: &RequestContext<'_>,
     route: &Arc<Route>,
     caller: Option<Caller>,
     in_flight: &mut Option<InFlight>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let rc = &route.config;
-    let limit = rc.max_body_bytes;
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or(ProxyError::Framing("malformed Content-Length"))?;
-        if len > limit {
-            return Err(ProxyError::BodyTooLarge(limit));
-        }
-    }
 
-    // Stage 6: header hygiene. Any Upgrade header stops the HTTP/1 framing check; such a
+    // Stage 7: header hygiene. Any Upgrade header stops the HTTP/1 framing check; such a
     // connection is closed after the response unless it really switched protocols.
     let asked_upgrade = parts.headers.contains_key(header::UPGRADE);
     let intent = headers::strip_hop_by_hop(&mut parts.headers)?;
@@ -404,7 +432,7 @@ async fn forward(
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
-    // Stage 7: brokering: what this upstream is told about the caller, and with what credential.
+    // Stage 8: brokering: what this upstream is told about the caller, and with what credential.
     let sessions = ctx.rt.identity.sessions.as_deref();
     let mut gogs_surface = None;
     match (&route.broker, &caller) {
@@ -481,21 +509,12 @@ async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
 
-    // Stage 8: the upstream exchange, streamed, with the response timed from the end of the
+    // Stage 9: the upstream exchange, streamed, with the response timed from the end of the
     // upload.
-    let progress = if body.is_end_stream() {
-        None
-    } else {
-        Some(Progress::new())
-    };
-    let forward_body: ForwardBody = match &progress {
-        None => Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-        Some(p) => Guarded::new(body, limit, rc.timeouts.body_read, false)
-            .with_progress(p.clone())
-            .boxed_unsync(),
-    };
+    let authorize::Inbound {
+        body: forward_body,
+        progress,
+    } = inbound;
     let started = Instant::now();
     let mut pending = std::pin::pin!(
         route
@@ -519,7 +538,7 @@ async fn forward(
         }
     };
 
-    // Stage 9: the response on its way back.
+    // Stage 10: the response on its way back.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = if switching {
         resp.extensions_mut().remove::<OnUpgrade>()

@@ -35,8 +35,8 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("{0}")]
+    Metrics(#[source] prometheus::Error),
+    #[error(transparent)]
     Runtime(#[from] crate::proxy::RuntimeError),
     #[error("cannot write {}: {source}", path.display())]
     AddrFile {
@@ -58,7 +58,7 @@ pub struct ServeOptions {
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeError> {
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
     let resolver = match &config.tls {
         Some(t) => Some(CertResolver::new(tls::load_certified_key(
             &t.cert_file,
@@ -141,6 +141,11 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         settings,
         config_path: config.source.clone(),
         tls: config.tls.clone(),
+        policy_dir: config
+            .policy
+            .as_ref()
+            .filter(|p| p.watch)
+            .map(|p| p.dir.clone()),
     })
     .map_err(ServeError::Signal)?;
 

@@ -30,6 +30,8 @@ pub struct Reloader {
     pub settings: Arc<ArcSwap<ConnSettings>>,
     pub config_path: PathBuf,
     pub tls: Option<TlsConfig>,
+    /// Watched policy directory.
+    pub policy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +39,7 @@ enum Trigger {
     Signal,
     ConfigFile,
     CertFile,
+    PolicyFile,
 }
 
 pub fn spawn(mut r: Reloader) -> std::io::Result<()> {
@@ -45,7 +48,7 @@ pub fn spawn(mut r: Reloader) -> std::io::Result<()> {
     let config_path = std::path::absolute(&r.config_path)?;
     tokio::spawn(async move {
         let mut watch = FileWatch::new(tx);
-        watch.update(&config_path, r.tls.as_ref());
+        watch.update(&config_path, r.tls.as_ref(), r.policy_dir.as_deref());
         loop {
             let first = tokio::select! {
                 _ = hup.recv() => Trigger::Signal,
@@ -58,18 +61,49 @@ pub fn spawn(mut r: Reloader) -> std::io::Result<()> {
             }
             let config_changed =
                 triggers.contains(&Trigger::Signal) || triggers.contains(&Trigger::ConfigFile);
+            let mut policy_reloaded = false;
             if config_changed {
-                r.reload_config(&config_path);
-                watch.update(&config_path, r.tls.as_ref());
+                policy_reloaded = r.reload_config(&config_path);
+                watch.update(&config_path, r.tls.as_ref(), r.policy_dir.as_deref());
             }
-            r.reload_certificate();
+            if !policy_reloaded
+                && (triggers.contains(&Trigger::PolicyFile) || triggers.contains(&Trigger::Signal))
+            {
+                r.reload_policy();
+            }
+            if config_changed || triggers.contains(&Trigger::CertFile) {
+                r.reload_certificate();
+            }
         }
     });
     Ok(())
 }
 
 impl Reloader {
-    fn reload_config(&mut self, path: &Path) {
+    /// Re-reads the policy directory; the policy in force stays on any error.
+    fn reload_policy(&self) {
+        let metrics = &self.gateway.metrics;
+        let rt = self.gateway.runtime();
+        match rt.policy.reload() {
+            Ok(rules) => {
+                metrics.policy_reloaded(true);
+                metrics.policy_rules.set(rules as i64);
+                tracing::info!(rules, "policy reloaded");
+            }
+            Err(e) => {
+                metrics.policy_reloaded(false);
+                for line in e.to_string().lines() {
+                    tracing::error!(
+                        problem = line,
+                        "policy reload failed; the policy in force stays"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Returns whether a new configuration (with its freshly loaded policy) was installed.
+    fn reload_config(&mut self, path: &Path) -> bool {
         let metrics = self.gateway.metrics.clone();
         let config = match Config::load(path) {
             Ok(c) => c,
@@ -81,7 +115,7 @@ impl Reloader {
                     );
                 }
                 metrics.config_reloaded(false);
-                return;
+                return false;
             }
         };
         let old = self.gateway.runtime();
@@ -94,17 +128,30 @@ impl Reloader {
         }
         let settings = ConnSettings::from(&config);
         let tls = config.tls.clone();
+        let policy_dir = config
+            .policy
+            .as_ref()
+            .filter(|p| p.watch)
+            .map(|p| p.dir.clone());
         match Runtime::build(config, &metrics) {
             Ok(rt) => {
                 self.gateway.install(rt);
                 self.settings.store(Arc::new(settings));
                 self.tls = tls;
+                self.policy_dir = policy_dir;
                 metrics.config_reloaded(true);
                 tracing::info!(path = %path.display(), "configuration reloaded");
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, "configuration reload failed; the running configuration stays");
+                for line in e.to_string().lines() {
+                    tracing::error!(
+                        problem = line,
+                        "configuration reload failed; the running configuration stays"
+                    );
+                }
                 metrics.config_reloaded(false);
+                false
             }
         }
     }
@@ -139,7 +186,7 @@ impl FileWatch {
         FileWatch { tx, watcher: None }
     }
 
-    fn update(&mut self, config: &Path, tls: Option<&TlsConfig>) {
+    fn update(&mut self, config: &Path, tls: Option<&TlsConfig>, policy_dir: Option<&Path>) {
         let mut files: Vec<(PathBuf, Trigger)> = vec![(config.to_path_buf(), Trigger::ConfigFile)];
         if let Some(t) = tls.filter(|t| t.watch) {
             for p in [&t.cert_file, &t.key_file] {
@@ -148,14 +195,26 @@ impl FileWatch {
                 }
             }
         }
+        let policy_dir = policy_dir.and_then(|d| std::path::absolute(d).ok());
         let tx = self.tx.clone();
         let wanted = files.clone();
+        let policy_watch = policy_dir.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
             if event.kind.is_access() {
                 return;
             }
             for path in &event.paths {
+                let is_policy = policy_watch
+                    .as_deref()
+                    .is_some_and(|d| path.parent() == Some(d))
+                    && matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml")
+                    );
+                if is_policy {
+                    let _ = tx.send(Trigger::PolicyFile);
+                }
                 for (file, trigger) in &wanted {
                     if path == file {
                         let _ = tx.send(*trigger);
@@ -170,10 +229,11 @@ impl FileWatch {
                 return;
             }
         };
-        let dirs: HashSet<PathBuf> = files
+        let mut dirs: HashSet<PathBuf> = files
             .iter()
             .filter_map(|(f, _)| f.parent().map(Path::to_path_buf))
             .collect();
+        dirs.extend(policy_dir);
         for dir in dirs {
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP");

@@ -61,6 +61,9 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     certificate_reloads: IntCounterVec,
     pub connection_limit_reached: IntCounter,
+    decisions: IntCounterVec,
+    policy_reloads: IntCounterVec,
+    pub policy_rules: IntGauge,
     pub identity: std::sync::Arc<crate::identity::IdentityMetrics>,
 }
 
@@ -69,6 +72,8 @@ pub struct RouteMetrics {
     requests: Vec<[IntCounter; 5]>,
     duration: Vec<Histogram>,
     upstream_errors: Vec<IntCounter>,
+    /// Policy decisions: [allow, deny].
+    decisions: [IntCounter; 2],
 }
 
 /// Index of a method in the label set.
@@ -164,7 +169,29 @@ impl Metrics {
         registry.register(Box::new(certificate_reloads.clone()))?;
         registry.register(Box::new(connection_limit_reached.clone()))?;
         let identity = std::sync::Arc::new(crate::identity::IdentityMetrics::new(&registry)?);
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_policy_decisions_total",
+                "Authorization decisions, by route and effect.",
+            ),
+            &["route", "effect"],
+        )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_policy_reloads_total",
+                "Policy reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let policy_rules =
+            IntGauge::new("gatehouse_policy_rules", "Rules in the policy in force.")?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(policy_rules.clone()))?;
         Ok(Metrics {
+            decisions,
+            policy_reloads,
+            policy_rules,
             identity,
             registry,
             requests,
@@ -195,6 +222,7 @@ impl Metrics {
                 .iter()
                 .map(|k| self.upstream_errors.with_label_values(&[route, k.as_str()]))
                 .collect(),
+            decisions: ["allow", "deny"].map(|e| self.decisions.with_label_values(&[route, e])),
         }
     }
 
@@ -211,6 +239,11 @@ impl Metrics {
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn policy_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.policy_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn certificate_reloaded(&self, ok: bool) {
@@ -236,6 +269,10 @@ impl RouteMetrics {
         if let Some(h) = self.duration.get(method) {
             h.observe(seconds);
         }
+    }
+
+    pub fn decision(&self, allowed: bool) {
+        self.decisions[usize::from(!allowed)].inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod git_server;
 pub mod oidc;
 pub mod raw;
+pub mod secrets;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -66,6 +66,14 @@ impl Bits {
     pub fn intersects(&self, other: &Bits) -> bool {
         self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
     }
+    /// Indices of the set bits.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, word)| {
+            (0..64)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
+        })
+    }
 }
 
 /// The patterns of one dimension of one route, matched in a single pass.
@@ -121,6 +129,56 @@ pub struct RouteRules {
     pub services: PatternSet,
     /// Whether any rule looks at OTLP services (then the request body must be read).
     pub needs_services: bool,
+    /// Which rules can possibly match, so evaluation visits a handful instead of all.
+    pub index: RuleIndex,
+}
+
+/// Candidate rules by their most selective condition: a rule naming repositories can only
+/// match when one of them matched; otherwise a rule naming roles only when the caller holds
+/// one; the rest are always candidates.
+#[derive(Debug, Default)]
+pub struct RuleIndex {
+    pub always: Vec<u32>,
+    /// Repository pattern index to rules.
+    pub by_repo: Vec<Vec<u32>>,
+    /// Role index to rules.
+    pub by_role: Vec<Vec<u32>>,
+}
+
+impl RuleIndex {
+    fn build(rules: &[CompiledRule], repo_patterns: usize) -> RuleIndex {
+        let mut index = RuleIndex {
+            always: Vec::new(),
+            by_repo: vec![Vec::new(); repo_patterns],
+            by_role: vec![Vec::new(); MAX_ROLES],
+        };
+        for (i, r) in rules.iter().enumerate() {
+            let i = i as u32;
+            if let Some(repos) = &r.repos {
+                for p in repos.ones() {
+                    if let Some(list) = index.by_repo.get_mut(p) {
+                        list.push(i);
+                    }
+                }
+            } else if let Some(roles) = &r.roles {
+                for role in 0..MAX_ROLES {
+                    if roles.contains(role) {
+                        index.by_role[role].push(i);
+                    }
+                }
+            } else {
+                index.always.push(i);
+            }
+        }
+        index.by_role.truncate(
+            index
+                .by_role
+                .iter()
+                .rposition(|l| !l.is_empty())
+                .map_or(0, |p| p + 1),
+        );
+        index
+    }
 }
 
 /// Caller facts to role bits.
@@ -368,17 +426,18 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
     let routes = builds
         .into_iter()
         .map(|(name, rb)| {
-            (
-                name,
+            (name, {
+                let repos = rb.repos.finish();
                 RouteRules {
+                    index: RuleIndex::build(&rb.rules, repos.len),
                     rules: rb.rules,
                     paths: rb.paths.finish(),
-                    repos: rb.repos.finish(),
+                    repos,
                     refs: rb.refs.finish(),
                     services: rb.services.finish(),
                     needs_services: rb.needs_services,
-                },
-            )
+                }
+            })
         })
         .collect();
     Ok(CompiledPolicy {

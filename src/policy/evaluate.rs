@@ -143,12 +143,15 @@ fn matched(set: &PatternSet, candidate: &str) -> Bits {
     bits
 }
 
-/// The facts of a request every rule is tested against, computed once.
-struct Facts {
+/// The facts of a request every rule is tested against, computed once (the path only if a
+/// candidate rule looks at it).
+struct Facts<'a> {
     roles: Roles,
     authenticated: bool,
     method: u16,
-    paths: Bits,
+    path: &'a str,
+    path_set: &'a PatternSet,
+    paths: std::cell::OnceCell<Bits>,
     action: u8,
     repos: Option<Bits>,
     signal: u8,
@@ -157,8 +160,30 @@ struct Facts {
 /// One thing being judged: a whole request, one ref of a push, or one service of an export.
 enum Item<'r> {
     Whole,
-    Ref { name: &'r str, bits: Bits, kind: u8 },
-    Service { name: &'r str, bits: Bits },
+    /// A ref and how it changes; its pattern matches are computed only if a rule asks.
+    Ref {
+        name: &'r str,
+        set: &'r PatternSet,
+        bits: std::cell::OnceCell<Bits>,
+        kind: u8,
+    },
+    Service {
+        name: &'r str,
+        set: &'r PatternSet,
+        bits: std::cell::OnceCell<Bits>,
+    },
+}
+
+impl Item<'_> {
+    fn bits(&self) -> Option<&Bits> {
+        match self {
+            Item::Whole => None,
+            Item::Ref {
+                name, set, bits, ..
+            }
+            | Item::Service { name, set, bits } => Some(bits.get_or_init(|| matched(set, name))),
+        }
+    }
 }
 
 impl Item<'_> {
@@ -171,7 +196,7 @@ impl Item<'_> {
 }
 
 /// Whether a rule matches; if not, the first condition that failed.
-fn check(rule: &CompiledRule, f: &Facts, item: &ItemView<'_>) -> Result<(), &'static str> {
+fn check(rule: &CompiledRule, f: &Facts<'_>, item: &Item<'_>) -> Result<(), &'static str> {
     match &rule.roles {
         Some(r) if !r.intersects(&f.roles) => return Err("caller has none of its roles"),
         None if !f.authenticated => return Err("caller is not authenticated"),
@@ -184,7 +209,7 @@ fn check(rule: &CompiledRule, f: &Facts, item: &ItemView<'_>) -> Result<(), &'st
         return Err("method differs");
     }
     if let Some(p) = &rule.paths
-        && !p.intersects(&f.paths)
+        && !p.intersects(f.paths.get_or_init(|| matched(f.path_set, f.path)))
     {
         return Err("path does not match");
     }
@@ -207,9 +232,9 @@ fn check(rule: &CompiledRule, f: &Facts, item: &ItemView<'_>) -> Result<(), &'st
     // Ref and service conditions: an allow rule may match a request that names none yet (the
     // push advertisement, an empty export); a deny rule needs a concrete ref or service.
     match item {
-        ItemView::Ref { bits, kind } => {
+        Item::Ref { kind, .. } => {
             if let Some(r) = &rule.refs
-                && !r.intersects(bits)
+                && !item.bits().is_some_and(|b| r.intersects(b))
             {
                 return Err("ref does not match");
             }
@@ -217,14 +242,14 @@ fn check(rule: &CompiledRule, f: &Facts, item: &ItemView<'_>) -> Result<(), &'st
                 return Err("update kind differs");
             }
         }
-        ItemView::Service { bits } => {
+        Item::Service { .. } => {
             if let Some(s) = &rule.services
-                && !s.intersects(bits)
+                && !item.bits().is_some_and(|b| s.intersects(b))
             {
                 return Err("service does not match");
             }
         }
-        ItemView::Whole => {
+        Item::Whole => {
             if (rule.refs.is_some() || rule.updates.is_some() || rule.services.is_some())
                 && rule.effect == Effect::Deny
             {
@@ -235,27 +260,12 @@ fn check(rule: &CompiledRule, f: &Facts, item: &ItemView<'_>) -> Result<(), &'st
     Ok(())
 }
 
-/// A borrowed view of an item's matching facts.
-enum ItemView<'b> {
-    Whole,
-    Ref { bits: &'b Bits, kind: u8 },
-    Service { bits: &'b Bits },
-}
-
-fn view<'b>(item: &'b Item<'_>) -> ItemView<'b> {
-    match item {
-        Item::Whole => ItemView::Whole,
-        Item::Ref { bits, kind, .. } => ItemView::Ref { bits, kind: *kind },
-        Item::Service { bits, .. } => ItemView::Service { bits },
-    }
-}
-
-fn facts(
+fn facts<'a>(
     policy: &CompiledPolicy,
-    rules: &RouteRules,
+    rules: &'a RouteRules,
     caller: Option<SubjectRef<'_>>,
-    req: &PolicyRequest,
-) -> Facts {
+    req: &'a PolicyRequest,
+) -> Facts<'a> {
     let (action, repo, signal) = match &req.resource {
         Resource::Gogs { action, repo, .. } => (
             match action {
@@ -282,20 +292,23 @@ fn facts(
         roles: caller.map(|c| roles_of(policy, c)).unwrap_or_default(),
         authenticated: caller.is_some(),
         method: super::compile::method_bit(&req.method),
-        paths: matched(&rules.paths, &req.path),
+        path: &req.path,
+        path_set: &rules.paths,
+        paths: std::cell::OnceCell::new(),
         action,
         repos: repo.map(|r| matched(&rules.repos, r)),
         signal,
     }
 }
 
-fn items<'r>(rules: &RouteRules, req: &'r PolicyRequest) -> Vec<Item<'r>> {
+fn items<'r>(rules: &'r RouteRules, req: &'r PolicyRequest) -> Vec<Item<'r>> {
     match &req.resource {
         Resource::Gogs { refs, .. } if !refs.is_empty() => refs
             .iter()
             .map(|r| Item::Ref {
                 name: &r.name,
-                bits: matched(&rules.refs, &r.name),
+                set: &rules.refs,
+                bits: std::cell::OnceCell::new(),
                 kind: match r.kind {
                     UpdateKind::Create => 1,
                     UpdateKind::Delete => 2,
@@ -307,11 +320,33 @@ fn items<'r>(rules: &RouteRules, req: &'r PolicyRequest) -> Vec<Item<'r>> {
             .iter()
             .map(|s| Item::Service {
                 name: s,
-                bits: matched(&rules.services, s),
+                set: &rules.services,
+                bits: std::cell::OnceCell::new(),
             })
             .collect(),
         _ => vec![Item::Whole],
     }
+}
+
+/// Rules that can match this request, in file order.
+fn candidates(rules: &RouteRules, f: &Facts<'_>) -> Vec<u32> {
+    let idx = &rules.index;
+    let mut out: Vec<u32> = idx.always.clone();
+    if let Some(repos) = &f.repos {
+        for p in repos.ones() {
+            if let Some(list) = idx.by_repo.get(p) {
+                out.extend_from_slice(list);
+            }
+        }
+    }
+    for (role, list) in idx.by_role.iter().enumerate() {
+        if !list.is_empty() && f.roles.contains(role) {
+            out.extend_from_slice(list);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Decides one request.
@@ -332,17 +367,30 @@ pub fn evaluate(
         };
     };
     let f = facts(policy, rules, caller, req);
+    let candidates = candidates(rules, &f);
     let items = items(rules, req);
     let mut outcomes = Vec::with_capacity(items.len());
     for item in &items {
-        let v = view(item);
-        let matches = |r: &&CompiledRule| check(r, &f, &v).is_ok();
-        let outcome = if let Some(deny) = rules
-            .rules
-            .iter()
-            .filter(|r| r.effect == Effect::Deny)
-            .find(matches)
-        {
+        // Candidates are in file order: the first deny and the first allow that match decide.
+        let mut first_deny: Option<&CompiledRule> = None;
+        let mut first_allow: Option<&CompiledRule> = None;
+        for &i in &candidates {
+            let r = &rules.rules[i as usize];
+            let wanted = match r.effect {
+                Effect::Deny => first_deny.is_none(),
+                Effect::Allow => first_allow.is_none() && first_deny.is_none(),
+            };
+            if wanted && check(r, &f, item).is_ok() {
+                match r.effect {
+                    Effect::Deny => {
+                        first_deny = Some(r);
+                        break;
+                    }
+                    Effect::Allow => first_allow = Some(r),
+                }
+            }
+        }
+        let outcome = if let Some(deny) = first_deny {
             ItemDecision {
                 item: item.label(),
                 allowed: false,
@@ -352,12 +400,7 @@ pub fn evaluate(
                     None => format!("denied by policy {}", deny.id),
                 },
             }
-        } else if let Some(allow) = rules
-            .rules
-            .iter()
-            .filter(|r| r.effect == Effect::Allow)
-            .find(matches)
-        {
+        } else if let Some(allow) = first_allow {
             ItemDecision {
                 item: item.label(),
                 allowed: true,
@@ -422,7 +465,7 @@ pub fn explain(
     let mut out = Vec::new();
     for rule in &rules.rules {
         for item in &items {
-            let result = check(rule, &f, &view(item));
+            let result = check(rule, &f, item);
             let effect = if rule.effect == Effect::Allow {
                 "allow"
             } else {

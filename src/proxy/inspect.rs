@@ -89,16 +89,22 @@ where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     let mut raw = BytesMut::new();
+    // Parsing restarts from the first byte, so it is retried only when the buffer has doubled
+    // (a sender trickling one byte per frame must not make this quadratic).
+    let mut parse_at = 0usize;
     loop {
-        let parsed = if gzip {
-            gunzip_prefix(&raw).and_then(|plain| parse_or_more(&plain))
-        } else {
-            parse_or_more(&raw)
-        };
-        match parsed {
-            Ok(Some(commands)) => return Ok((commands, raw.freeze())),
-            Ok(None) => {}
-            Err(e) => return Err(e),
+        if raw.len() >= parse_at {
+            let parsed = if gzip {
+                gunzip_prefix(&raw).and_then(|plain| parse_or_more(&plain))
+            } else {
+                parse_or_more(&raw)
+            };
+            match parsed {
+                Ok(Some(commands)) => return Ok((commands, raw.freeze())),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            parse_at = (raw.len() * 2).max(raw.len() + 512);
         }
         if raw.len() > MAX_COMMANDS {
             return Err(InspectError::TooManyCommands);

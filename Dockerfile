@@ -37,7 +37,9 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 gatehouse \
     && useradd --system --uid 10001 --gid gatehouse --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse \
-    && mkdir -p /etc/gatehouse/certs
+    && mkdir -p /etc/gatehouse/certs /var/lib/gatehouse/audit \
+    && chown 10001:10001 /var/lib/gatehouse/audit \
+    && chmod 0750 /var/lib/gatehouse/audit
 
 COPY --from=builder /out/gatehouse /usr/local/bin/gatehouse
 # A commented reference configuration; the real one is mounted at /etc/gatehouse/gatehouse.toml.

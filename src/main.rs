@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Audit log tools: verify the chain and checkpoints, export for auditors, make a key.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Authorization policy tools: run the test cases, explain a decision.
     Policy {
         #[command(subcommand)]
@@ -81,6 +86,35 @@ enum Command {
         /// Trust only this CA when refreshing tokens.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every file, chain link and checkpoint; report the first bad record (file, line,
+    /// why). Exit 1 on any failure.
+    Verify {
+        /// Audit directories (several when replicas or archives live apart).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Public key the checkpoints must be signed with (PEM from `audit keygen`, or the
+        /// private key).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// The checkpoint mirror directory ([audit] checkpoint_mirror_dir), checked too.
+        #[arg(long)]
+        mirror: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 checkpoint signing key and its public half.
+    Keygen {
+        /// Private key file (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Public key file (default: OUT with .pub appended).
+        #[arg(long)]
+        public_out: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -231,6 +265,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_command(command),
+        Command::Audit { command } => audit_command(command),
         Command::GitCredential { operation, ca_file } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -433,6 +468,47 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             print!(
                 "{}",
                 gatehouse::policy::explain::render(&compiled, caller.as_ref(), &request)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use gatehouse::cli::audit;
+    match command {
+        AuditCommand::Verify {
+            dirs,
+            pubkey,
+            mirror,
+        } => {
+            let ok = audit::verify(
+                &dirs,
+                pubkey.as_deref(),
+                mirror.as_deref(),
+                &mut std::io::stdout(),
+            )?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Keygen {
+            out,
+            public_out,
+            force,
+        } => {
+            let public_out = public_out.unwrap_or_else(|| {
+                let mut p = out.clone().into_os_string();
+                p.push(".pub");
+                PathBuf::from(p)
+            });
+            audit::keygen(&out, &public_out, force)?;
+            println!("wrote {} (private, 0600)", out.display());
+            println!(
+                "wrote {} (public: audit verify --pubkey)",
+                public_out.display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -290,7 +290,7 @@ fn check_reports_every_problem_with_file_line_and_key() {
     // A config whose certificate files are missing is refused by check, naming the file.
     std::fs::write(
         &path,
-        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncert_file = \"missing.crt\"\nkey_file = \"missing.key\"\n[[routes]]\nname = \"gogs\"\nkind = \"gogs\"\nhosts = [\"git.example.com\"]\nupstream = \"http://127.0.0.1:3000\"\npublic = true\n",
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncert_file = \"missing.crt\"\nkey_file = \"missing.key\"\n[audit]\ndir = \"audit\"\n[[routes]]\nname = \"gogs\"\nkind = \"gogs\"\nhosts = [\"git.example.com\"]\nupstream = \"http://127.0.0.1:3000\"\npublic = true\n",
     )
     .unwrap();
     let (ok, _, err) = run_with_timeout(

@@ -8,6 +8,7 @@
 //! `git config --global credential.https://git.example.com.helper "gatehouse git-credential"`
 //! makes `git clone` just work.
 
+pub mod audit;
 pub mod store;
 
 use std::io::{BufRead, Write};

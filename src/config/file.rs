@@ -15,8 +15,42 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     pub identity: Option<FileIdentity>,
     pub policy: Option<FilePolicy>,
+    pub audit: Option<FileAudit>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    pub dir: Spanned<String>,
+    pub replica: Option<Spanned<String>>,
+    pub fsync: Option<Spanned<FileFsync>>,
+    pub batch_interval: Option<Spanned<String>>,
+    pub batch_records: Option<Spanned<i64>>,
+    pub rotate_size: Option<Spanned<String>>,
+    pub rotate_interval: Option<Spanned<String>>,
+    pub checkpoint_every: Option<Spanned<i64>>,
+    pub checkpoint_interval: Option<Spanned<String>>,
+    pub signing_key_file: Option<Spanned<String>>,
+    pub checkpoint_mirror_dir: Option<Spanned<String>>,
+    pub queue: Option<Spanned<i64>>,
+    pub enqueue_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFsync {
+    Always,
+    Batch,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAuditRequirement {
+    Required,
+    BestEffort,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +243,7 @@ pub struct FileRoute {
     pub identity_assertion: Option<bool>,
     pub gogs: Option<Spanned<FileGogs>>,
     pub otlp: Option<Spanned<FileOtlp>>,
+    pub audit: Option<FileAuditRequirement>,
     #[serde(default)]
     pub timeouts: FileRouteTimeouts,
 }

@@ -6,12 +6,14 @@
 //! the gateway behaves the same whatever directory it is started from. Secrets never appear in
 //! this file: only paths or environment variable names do.
 
+pub mod audit;
 mod error;
 mod file;
 pub mod identity;
 pub mod secret;
 pub mod units;
 
+pub use audit::{AuditConfig, AuditRequirement};
 pub use error::{ConfigError, Diagnostic};
 pub use identity::{
     AssertionConfig, BrokerCredential, GogsBroker, GroupsSource, IdentityConfig, JwtIssuerConfig,
@@ -41,6 +43,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub identity: IdentityConfig,
     pub policy: Option<PolicyConfig>,
+    /// Always present in a validated configuration.
+    pub audit: Option<AuditConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -166,6 +170,7 @@ pub struct RouteConfig {
     pub gogs: Option<GogsBroker>,
     /// Credentials toward Lightstep (kind `otlp`).
     pub otlp: Option<OtlpBroker>,
+    pub audit: AuditRequirement,
 }
 
 /// Defaults, documented in `gatehouse.example.toml`.
@@ -477,6 +482,7 @@ impl Validator<'_> {
             dir: self.path(p.dir.get_ref()),
             watch: p.watch.unwrap_or(true),
         });
+        let audit = self.audit(file.audit.as_ref());
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -516,6 +522,7 @@ impl Validator<'_> {
             metrics,
             identity,
             policy,
+            audit,
             routes,
         }
     }
@@ -540,6 +547,13 @@ impl Validator<'_> {
                 format!(
                     "{name:?} is not a route name: use lower-case letters, digits, '-' and '_'"
                 ),
+            );
+        }
+        if name == crate::policy::GATEWAY_ROUTE {
+            self.report(
+                &r.name,
+                &key("name"),
+                "\"gatehouse\" is reserved: policies use it for the gateway's own endpoints",
             );
         }
 
@@ -680,6 +694,10 @@ impl Validator<'_> {
         let gogs = self.gogs_broker(i, r);
         let otlp = self.otlp_broker(i, r);
         Some(RouteConfig {
+            audit: match r.audit {
+                None | Some(file::FileAuditRequirement::Required) => AuditRequirement::Required,
+                Some(file::FileAuditRequirement::BestEffort) => AuditRequirement::BestEffort,
+            },
             auth,
             identity_assertion,
             gogs,

@@ -20,6 +20,9 @@ listen = ["127.0.0.1:8443"]
 cert_file = "certs/server.crt"
 key_file = "certs/server.key"
 
+[audit]
+dir = "audit"
+
 [[routes]]
 name = "gogs"
 kind = "gogs"
@@ -60,7 +63,7 @@ fn unknown_keys_are_errors_with_line_and_column() {
     let p = problems(&text);
     assert_eq!(p.len(), 1);
     assert!(
-        p[0].starts_with("/etc/gatehouse/gatehouse.toml:12:1"),
+        p[0].starts_with("/etc/gatehouse/gatehouse.toml:15:1"),
         "{}",
         p[0]
     );
@@ -70,7 +73,7 @@ fn unknown_keys_are_errors_with_line_and_column() {
 #[test]
 fn unknown_route_kind_lists_the_allowed_ones() {
     let p = problems(&MINIMAL.replace("kind = \"gogs\"", "kind = \"gitea\""));
-    assert!(p[0].contains(":11:8:"), "{}", p[0]);
+    assert!(p[0].contains(":14:8:"), "{}", p[0]);
     assert!(
         p[0].contains("gogs") && p[0].contains("otlp") && p[0].contains("plain"),
         "{}",
@@ -294,4 +297,61 @@ fn public_conflicts_with_auth_and_broker_sections_fit_their_kind() {
             .any(|l| l.contains("routes[0].gogs.credentials[0].token_env or")),
         "{p:#?}"
     );
+}
+
+#[test]
+fn audit_section_is_required_and_gets_documented_defaults() {
+    let without = MINIMAL.replace("[audit]\ndir = \"audit\"\n", "");
+    let p = problems(&without);
+    assert!(p.iter().any(|p| p.contains("no [audit] section")), "{p:?}");
+
+    let c = parse(MINIMAL).unwrap();
+    let a = c.audit.expect("audit");
+    assert_eq!(a.dir, Path::new("/etc/gatehouse/audit"));
+    assert_eq!(
+        a.fsync,
+        crate::audit::FsyncPolicy::Batch {
+            interval: audit::defaults::BATCH_INTERVAL,
+            records: audit::defaults::BATCH_RECORDS
+        }
+    );
+    assert_eq!(c.routes[0].audit, AuditRequirement::Required);
+    assert!(a.signing_key_file.is_none());
+}
+
+#[test]
+fn audit_settings_are_checked_with_their_location() {
+    let text = MINIMAL
+        .replace(
+            "[audit]\ndir = \"audit\"\n",
+            "[audit]\ndir = \"audit\"\nreplica = \"GW 1\"\nfsync = \"always\"\nbatch_interval = \"10ms\"\nrotate_size = \"1KiB\"\n",
+        )
+        .replace("public = true", "public = true\naudit = \"best_effort\"");
+    let p = problems(&text);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("audit.replica") && p.contains(":11:")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("audit.batch_interval") && p.contains("fsync = \"batch\"")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("audit.rotate_size") && p.contains("64KiB")),
+        "{p:?}"
+    );
+    let p = problems(&MINIMAL.replace("fsync", "x").replace(
+        "[audit]\ndir = \"audit\"",
+        "[audit]\ndir = \"audit\"\nfsync = \"sometimes\"",
+    ));
+    assert!(p[0].contains("always") && p[0].contains("never"), "{p:?}");
+}
+
+#[test]
+fn the_gateway_route_name_is_reserved() {
+    let p = problems(&MINIMAL.replace("name = \"gogs\"", "name = \"gatehouse\""));
+    assert!(p.iter().any(|p| p.contains("reserved")), "{p:?}");
 }

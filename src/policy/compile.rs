@@ -772,5 +772,9 @@ pub fn known_routes(config: &crate::config::Config) -> Vec<RouteInfo> {
             name: r.name.clone(),
             kind: r.kind,
         })
+        .chain(std::iter::once(RouteInfo {
+            name: super::GATEWAY_ROUTE.to_string(),
+            kind: crate::config::RouteKind::Plain,
+        }))
         .collect()
 }

@@ -23,6 +23,9 @@ pub use compile::CompiledPolicy;
 pub use evaluate::{Decision, SubjectRef, evaluate};
 pub use request::{GogsAction, PolicyRequest, RefChange, Resource, Signal, Subject, UpdateKind};
 
+/// The route name policies use for the gateway's own endpoints (`/.gatehouse/audit/export`).
+pub const GATEWAY_ROUTE: &str = "gatehouse";
+
 /// What a policy may refer to about a route.
 #[derive(Debug, Clone)]
 pub struct RouteInfo {

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
+use crate::audit::AuditLog;
 use crate::broker::{Broker, gogs, otlp};
 use crate::config::{Config, SecretError, UpstreamProtocol};
 use crate::identity::challenge::{self, Challenge, ChallengeKind};
@@ -100,6 +101,7 @@ impl Runtime {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
+    pub audit: AuditLog,
     draining: AtomicBool,
 }
 
@@ -132,10 +134,11 @@ impl RequestContext<'_> {
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Gateway> {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>, audit: AuditLog) -> Arc<Gateway> {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
+            audit,
             draining: AtomicBool::new(false),
         })
     }

@@ -46,6 +46,10 @@ pub enum ServeError {
     },
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::StartError),
+    #[error("audit: no [audit] section")]
+    NoAudit,
 }
 
 /// Options that are about this process rather than the gateway's configuration.
@@ -74,8 +78,14 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let grace = config.server.shutdown_grace;
     let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::from(&config)));
     let runtime = Runtime::build(config.clone(), &metrics)?;
+    // The audit log outlives reloads: one writer, one chain, for the life of the process.
+    let audit_config = config.audit.as_ref().ok_or(ServeError::NoAudit)?;
+    if audit_config.signing_key_file.is_none() {
+        tracing::warn!("audit.signing_key_file is not set: checkpoints are not signed");
+    }
+    let audit = crate::audit::AuditLog::start(audit_config.writer(), metrics.audit.clone())?;
     runtime.start();
-    let gateway = Gateway::new(runtime, metrics.clone());
+    let gateway = Gateway::new(runtime, metrics.clone(), audit);
     let limits = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -164,6 +174,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             "drain deadline reached; closing remaining connections"
         ),
     }
+    // Everything queued is written, then a final signed checkpoint.
+    gateway.audit.shutdown().await;
+    tracing::info!("audit log closed");
     Ok(())
 }
 

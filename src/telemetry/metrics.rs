@@ -65,6 +65,7 @@ pub struct Metrics {
     policy_reloads: IntCounterVec,
     pub policy_rules: IntGauge,
     pub identity: std::sync::Arc<crate::identity::IdentityMetrics>,
+    pub audit: std::sync::Arc<crate::audit::AuditMetrics>,
 }
 
 /// Pre-resolved handles for one route (or for requests refused before routing).
@@ -169,6 +170,7 @@ impl Metrics {
         registry.register(Box::new(certificate_reloads.clone()))?;
         registry.register(Box::new(connection_limit_reached.clone()))?;
         let identity = std::sync::Arc::new(crate::identity::IdentityMetrics::new(&registry)?);
+        let audit = std::sync::Arc::new(crate::audit::AuditMetrics::new(&registry)?);
         let decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_policy_decisions_total",
@@ -189,6 +191,7 @@ impl Metrics {
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_rules.clone()))?;
         Ok(Metrics {
+            audit,
             decisions,
             policy_reloads,
             policy_rules,

@@ -16,6 +16,7 @@ pub struct GatewayBuilder {
     limits: Vec<String>,
     routes: Vec<String>,
     extra: Vec<String>,
+    audit: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -79,6 +80,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// A line under `[audit]` (the harness always writes one, into the gateway's directory,
+    /// signed with a fresh key, unless raw TOML brings its own `[audit]`).
+    pub fn audit(mut self, line: &str) -> Self {
+        self.audit.push(line.to_string());
+        self
+    }
+
     /// Raw TOML placed before the routes (for `[identity]` sections).
     pub fn toml(mut self, text: &str) -> Self {
         self.extra.push(text.to_string());
@@ -116,6 +124,17 @@ impl GatewayBuilder {
             t.push_str(e);
             t.push('\n');
         }
+        if !self.extra.iter().any(|e| e.contains("[audit]")) {
+            t.push_str(&format!(
+                "[audit]\ndir = {:?}\nreplica = \"gw\"\nsigning_key_file = {:?}\n",
+                dir.join("audit").display().to_string(),
+                dir.join("audit-signing.pem").display().to_string()
+            ));
+            for l in &self.audit {
+                t.push_str(l);
+                t.push('\n');
+            }
+        }
         for r in &self.routes {
             t.push_str(r);
         }
@@ -126,6 +145,7 @@ impl GatewayBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::copy(ca.cert(), dir.path().join("server.crt")).expect("copy cert");
         std::fs::copy(ca.key(), dir.path().join("server.key")).expect("copy key");
+        write_audit_key(&dir.path().join("audit-signing.pem"));
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(&config, self.config_text(dir.path())).expect("write config");
         let addr_file = dir.path().join("addrs");
@@ -185,6 +205,12 @@ impl GatewayBuilder {
     }
 }
 
+/// A fresh Ed25519 key in PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes it.
+pub fn write_audit_key(path: &std::path::Path) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    std::fs::write(path, key.serialize_pem()).expect("write audit key");
+}
+
 pub struct TestGateway {
     pub child: Child,
     pub https: SocketAddr,
@@ -197,6 +223,15 @@ pub struct TestGateway {
 impl TestGateway {
     pub fn port(&self) -> u16 {
         self.https.port()
+    }
+
+    /// Where the harness's `[audit]` section puts the log.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    pub fn audit_key(&self) -> PathBuf {
+        self.dir.path().join("audit-signing.pem")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,186 @@
+//! The hash chain: every line carries the hash of the line before it and its own hash.
+//!
+//! A line is the record serialised with `"hash"` as its last field. The hash is SHA-256 over
+//! the line without that field (`{...,"prev":"..."}`), so a verifier needs no re-serialisation:
+//! it cuts the hash off the text it read and hashes the rest. Editing a byte breaks that
+//! line's hash; deleting, inserting or reordering lines breaks the next line's `prev`.
+
+use aws_lc_rs::digest;
+use serde::Deserialize;
+
+use super::record::Record;
+
+/// `prev` of the first record ever written.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const HASH_SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+/// Replaces U+2028 and U+2029 (valid raw in JSON strings, but line breaks to some readers)
+/// with their `\u` escapes. They can only occur inside strings.
+fn escape_separators(json: &mut Vec<u8>) {
+    if !json
+        .windows(3)
+        .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
+    {
+        return;
+    }
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let mut i = 0;
+    while i < json.len() {
+        if i + 2 < json.len()
+            && json[i] == 0xE2
+            && json[i + 1] == 0x80
+            && (json[i + 2] == 0xA8 || json[i + 2] == 0xA9)
+        {
+            out.extend_from_slice(if json[i + 2] == 0xA8 {
+                b"\\u2028"
+            } else {
+                b"\\u2029"
+            });
+            i += 3;
+        } else {
+            out.push(json[i]);
+            i += 1;
+        }
+    }
+    *json = out;
+}
+
+/// Serialises `record` (whose `seq` and `prev` are set) into its line, newline included, and
+/// returns the line and its hash.
+pub fn seal(record: &mut Record) -> (Vec<u8>, String) {
+    record.hash.clear();
+    let mut json = serde_json::to_vec(record).unwrap_or_default();
+    escape_separators(&mut json);
+    let hash = hex(digest::digest(&digest::SHA256, &json).as_ref());
+    // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
+    json.pop();
+    json.extend_from_slice(b",\"hash\":\"");
+    json.extend_from_slice(hash.as_bytes());
+    json.extend_from_slice(b"\"}\n");
+    record.hash = hash.clone();
+    (json, hash)
+}
+
+/// The chain fields of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub seq: u64,
+    pub prev: String,
+    pub hash: String,
+    pub id: String,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not a complete record (no trailing hash field)")]
+    NoHash,
+    #[error("the record's content does not match its hash (edited)")]
+    HashMismatch,
+    #[error("not valid JSON: {0}")]
+    Json(String),
+}
+
+#[derive(Deserialize)]
+struct ChainFields<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    prev: &'a str,
+    #[serde(borrow)]
+    hash: &'a str,
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(borrow)]
+    time: &'a str,
+}
+
+/// Checks a line's own hash and returns its chain fields. `line` excludes the newline.
+pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return Err(LineError::NoHash);
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    if &line[cut..cut + 9] != b",\"hash\":\"" {
+        return Err(LineError::NoHash);
+    }
+    let claimed = &line[cut + 9..cut + 9 + 64];
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&line[..cut]);
+    ctx.update(b"}");
+    let actual = hex(ctx.finish().as_ref());
+    if actual.as_bytes() != claimed {
+        return Err(LineError::HashMismatch);
+    }
+    let fields: ChainFields<'_> =
+        serde_json::from_slice(line).map_err(|e| LineError::Json(e.to_string()))?;
+    Ok(Link {
+        seq: fields.seq,
+        prev: fields.prev.to_string(),
+        hash: fields.hash.to_string(),
+        id: fields.id.to_string(),
+        time: fields.time.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, prev: &str, path: &str) -> Record {
+        Record {
+            time: "2026-01-01T00:00:00.000000Z".into(),
+            id: format!("id-{seq}"),
+            seq,
+            replica: "r1".into(),
+            kind: "request".into(),
+            path: Some(path.into()),
+            prev: prev.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sealed_lines_check_and_any_edit_is_caught() {
+        let mut r = record(1, GENESIS, "/a");
+        let (line, hash) = seal(&mut r);
+        assert!(line.ends_with(b"\"}\n"));
+        let body = &line[..line.len() - 1];
+        let link = check_line(body).unwrap();
+        assert_eq!(link.hash, hash);
+        assert_eq!(link.prev, GENESIS);
+        assert_eq!(link.seq, 1);
+        for i in 0..body.len() {
+            let mut bad = body.to_vec();
+            bad[i] = if bad[i] == b'a' { b'b' } else { b'a' };
+            assert!(check_line(&bad).is_err(), "edit at {i} not caught");
+        }
+    }
+
+    #[test]
+    fn injected_line_breaks_stay_inside_one_line() {
+        let nasty = "/x\n{\"kind\":\"admin\"}\r\u{2028}\u{2029}\u{1b}[31m\0";
+        let mut r = record(1, GENESIS, nasty);
+        let (line, _) = seal(&mut r);
+        let body = &line[..line.len() - 1];
+        assert!(!body.contains(&b'\n') && !body.contains(&b'\r') && !body.contains(&0x1b));
+        assert!(
+            !body
+                .windows(3)
+                .any(|w| w == [0xE2, 0x80, 0xA8] || w == [0xE2, 0x80, 0xA9])
+        );
+        check_line(body).unwrap();
+        let back: Record = serde_json::from_slice(body).unwrap();
+        assert_eq!(back.path.as_deref(), Some(nasty));
+    }
+}

@@ -1,0 +1,243 @@
+//! The audit record: one JSON object per line, written with a serializer.
+//!
+//! A request produces a `request` record holding the decision, written (and, with
+//! `fsync = "always"`, flushed to disk) before anything is forwarded, and an `outcome` record
+//! linked to it by `ref` once the response is done (status, bytes, duration). Sign-ins,
+//! sign-outs, refused credentials, webhook deliveries and reloads have their own kinds.
+//!
+//! Values that come from clients are capped ([`MAX_VALUE`] bytes) and the names of capped
+//! fields are listed in `truncated`; serde escapes control characters, and the writer escapes
+//! U+2028/U+2029 too, so no value can break a line.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest client-supplied value kept, in bytes.
+pub const MAX_VALUE: usize = 2048;
+/// Most groups, refs or services kept in one record.
+pub const MAX_ITEMS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Request,
+    Outcome,
+    Login,
+    Logout,
+    LoginFailure,
+    TokenRejected,
+    Webhook,
+    PolicyReload,
+    ConfigReload,
+    Admin,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Outcome => "outcome",
+            Kind::Login => "login",
+            Kind::Logout => "logout",
+            Kind::LoginFailure => "login_failure",
+            Kind::TokenRejected => "token_rejected",
+            Kind::Webhook => "webhook",
+            Kind::PolicyReload => "policy_reload",
+            Kind::ConfigReload => "config_reload",
+            Kind::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "request" => Kind::Request,
+            "outcome" => Kind::Outcome,
+            "login" => Kind::Login,
+            "logout" => Kind::Logout,
+            "login_failure" => Kind::LoginFailure,
+            "token_rejected" => Kind::TokenRejected,
+            "webhook" => Kind::Webhook,
+            "policy_reload" => Kind::PolicyReload,
+            "config_reload" => Kind::ConfigReload,
+            "admin" => Kind::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// Who the gateway authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditIdentity {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// session, bearer or basic.
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+/// Where the request came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The TCP peer.
+    pub addr: String,
+    /// Whether the peer is a configured trusted proxy.
+    pub trusted_proxy: bool,
+    /// The client as a trusted proxy reported it (`X-Forwarded-For`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_for: Option<String>,
+}
+
+/// A ref a push changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRef {
+    pub name: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub old: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub new: String,
+}
+
+/// What the request was, as classified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// web, api, git_fetch, git_push, otlp_traces, otlp_metrics, otlp_logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<AuditRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+/// The gateway's decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditDecision {
+    /// allow or deny.
+    pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// One line of the audit log. Field order is the order on disk; `prev` and `hash` come last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339, UTC, microseconds.
+    pub time: String,
+    /// This record's id (UUIDv7).
+    pub id: String,
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    pub replica: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The record this one completes (an outcome names its request record).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<AuditIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<AuditDecision>,
+    /// The status the client got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Free text about the event (reload results, login failures, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Names of fields whose client-supplied value was cut to [`MAX_VALUE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
+    /// Hash of the previous record (hex SHA-256; 64 zeros for the first record ever).
+    pub prev: String,
+    /// SHA-256 over this line without its `hash` field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// Cuts `value` to [`MAX_VALUE`] bytes on a character boundary, noting `field` in `truncated`.
+pub fn cap(value: &str, field: &str, truncated: &mut Vec<String>) -> String {
+    if value.len() <= MAX_VALUE {
+        return value.to_string();
+    }
+    let mut end = MAX_VALUE;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    if !truncated.iter().any(|t| t == field) {
+        truncated.push(field.to_string());
+    }
+    format!("{}…", &value[..end])
+}
+
+/// Caps every value of a list, and the list itself.
+pub fn cap_list(values: &[String], field: &str, truncated: &mut Vec<String>) -> Vec<String> {
+    if values.len() > MAX_ITEMS && !truncated.iter().any(|t| t == field) {
+        truncated.push(field.to_string());
+    }
+    values
+        .iter()
+        .take(MAX_ITEMS)
+        .map(|v| cap(v, field, truncated))
+        .collect()
+}
+
+/// RFC 3339 UTC with microseconds.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    let dt: chrono::DateTime<chrono::Utc> = t.into();
+    dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_on_a_character_boundary_and_marked() {
+        let mut t = Vec::new();
+        let v = "é".repeat(MAX_VALUE);
+        let c = cap(&v, "path", &mut t);
+        assert!(c.len() <= MAX_VALUE + "…".len());
+        assert!(c.ends_with('…'));
+        assert_eq!(t, ["path"]);
+        assert_eq!(cap("short", "x", &mut t), "short");
+        assert_eq!(t, ["path"]);
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_microseconds() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(timestamp(t), "2023-11-14T22:13:20.123456Z");
+    }
+}

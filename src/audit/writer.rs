@@ -1,0 +1,538 @@
+//! The audit writer: one thread owns the files, takes records from a bounded queue in
+//! batches (group commit), chains and writes them, syncs per the fsync policy, rotates, and
+//! writes signed checkpoints.
+//!
+//! What each fsync policy can lose on power loss (a process crash loses nothing the kernel
+//! accepted, under any policy):
+//! - `always`: nothing that was acknowledged; a request waits for its record's fsync.
+//! - `batch` (default): up to `batch_interval` (50 ms) or `batch_records` (1,000) records.
+//! - `never`: whatever the operating system had not written back (seconds).
+//!
+//! When a write fails (disk full, permissions), the file is cut back to its last complete
+//! record, requests that wait for their record are refused (the gateway answers 503 and
+//! forwards nothing), records nobody waits for are kept in memory (bounded) and written when
+//! the disk works again, and the writer keeps retrying every tick.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::AuditMetrics;
+use super::chain::{self, GENESIS};
+use super::checkpoint::{Checkpoint, Signer};
+use super::record::{Record, timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Batch { interval: Duration, records: u64 },
+    Never,
+}
+
+/// Writer settings (from `[audit]`).
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub dir: PathBuf,
+    pub replica: String,
+    pub fsync: FsyncPolicy,
+    pub rotate_bytes: u64,
+    pub rotate_interval: Duration,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub signing_key: Option<PathBuf>,
+    pub mirror: Option<PathBuf>,
+    pub queue: usize,
+    /// How long a request may wait to enqueue its record before it is refused.
+    pub enqueue_timeout: Duration,
+}
+
+/// Why a record could not be written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}: {message}", dir.display())]
+    Dir { dir: PathBuf, message: String },
+    #[error("audit signing key: {0}")]
+    Key(String),
+}
+
+type Ack = oneshot::Sender<Result<(), Unavailable>>;
+
+enum Msg {
+    Record(Box<Record>, Option<Ack>),
+    Tick,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<AuditMetrics>,
+    replica: Arc<str>,
+    enqueue_timeout: Duration,
+}
+
+/// Most records kept in memory while the disk refuses writes.
+const MAX_PENDING: usize = 100_000;
+/// Most records written in one batch.
+const MAX_BATCH: usize = 4096;
+const TICK: Duration = Duration::from_millis(25);
+/// How long a request waits for its record to be confirmed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AuditLog {
+    /// Opens the directory, finds where the chain left off, and starts the writer.
+    pub fn start(cfg: WriterConfig, metrics: Arc<AuditMetrics>) -> Result<AuditLog, StartError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| StartError::Dir {
+            dir: cfg.dir.clone(),
+            message: e.to_string(),
+        })?;
+        let signer = match &cfg.signing_key {
+            Some(p) => Some(Signer::load(p).map_err(StartError::Key)?),
+            None => None,
+        };
+        let (seq, prev) = recover(&cfg.dir, &cfg.replica).map_err(|message| StartError::Dir {
+            dir: cfg.dir.clone(),
+            message,
+        })?;
+        let (tx, rx) = mpsc::channel(cfg.queue.max(16));
+        let healthy = Arc::new(AtomicBool::new(true));
+        metrics.healthy.set(1);
+        let log = AuditLog {
+            tx: tx.clone(),
+            healthy: healthy.clone(),
+            metrics: metrics.clone(),
+            replica: Arc::from(cfg.replica.as_str()),
+            enqueue_timeout: cfg.enqueue_timeout,
+        };
+        let writer = Writer {
+            cfg,
+            signer,
+            file: None,
+            file_name: String::new(),
+            file_len: 0,
+            file_opened: Instant::now(),
+            seq,
+            prev,
+            since_checkpoint: 0,
+            checkpointed_seq: seq,
+            last_checkpoint: Instant::now(),
+            unsynced: 0,
+            last_sync: Instant::now(),
+            pending: VecDeque::new(),
+            healthy,
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StartError::Dir {
+                dir: PathBuf::new(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        // A ticker drives interval fsyncs, checkpoints and retries.
+        let ticker = tx;
+        std::thread::Builder::new()
+            .name("audit-ticker".into())
+            .spawn(move || {
+                while ticker.blocking_send(Msg::Tick).is_ok() {
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| StartError::Dir {
+                dir: PathBuf::new(),
+                message: format!("cannot start the ticker thread: {e}"),
+            })?;
+        Ok(log)
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether the last write succeeded (routes that require audit refuse work otherwise).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Writes a record and waits until it is written (and synced, with `fsync = "always"`).
+    pub async fn write(&self, record: Record) -> Result<(), Unavailable> {
+        let (ack, done) = oneshot::channel();
+        match self
+            .tx
+            .send_timeout(
+                Msg::Record(Box::new(record), Some(ack)),
+                self.enqueue_timeout,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(_) => {
+                self.metrics.refused.inc();
+                return Err(Unavailable("the audit queue is full".into()));
+            }
+        }
+        match tokio::time::timeout(ACK_TIMEOUT, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Unavailable("the audit writer stopped".into())),
+            Err(_) => Err(Unavailable(
+                "the audit writer did not confirm in time".into(),
+            )),
+        }
+    }
+
+    /// Hands a record to the writer without waiting for it to be written. If the queue stays
+    /// full past the enqueue deadline, the loss is counted and logged, never silent.
+    pub fn submit(&self, record: Record) {
+        match self.tx.try_send(Msg::Record(Box::new(record), None)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                let metrics = self.metrics.clone();
+                let timeout = self.enqueue_timeout.max(Duration::from_secs(5));
+                tokio::spawn(async move {
+                    if tx.send_timeout(msg, timeout).await.is_err() {
+                        metrics.lost.inc();
+                        tracing::error!("audit queue full: a record was lost");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics.lost.inc();
+                tracing::error!("audit writer stopped: a record was lost");
+            }
+        }
+    }
+
+    /// Writes what is queued, a final checkpoint, and syncs.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        }
+    }
+}
+
+/// Finds the newest file of `replica` and the last complete record in it.
+fn recover(dir: &Path, replica: &str) -> Result<(u64, String), String> {
+    let files = super::files::log_files(dir, Some(replica)).map_err(|e| e.to_string())?;
+    let Some(last) = files.last() else {
+        return Ok((0, GENESIS.to_string()));
+    };
+    let f = File::open(last).map_err(|e| format!("{}: {e}", last.display()))?;
+    let mut result = None;
+    for line in std::io::BufReader::new(f).split(b'\n') {
+        let line = line.map_err(|e| format!("{}: {e}", last.display()))?;
+        if let Ok(link) = chain::check_line(&line) {
+            result = Some((link.seq, link.hash));
+        }
+    }
+    match result {
+        Some(r) => Ok(r),
+        // An empty newest file: look further back.
+        None if files.len() > 1 => recover_before(&files[..files.len() - 1]),
+        None => Ok((0, GENESIS.to_string())),
+    }
+}
+
+fn recover_before(files: &[PathBuf]) -> Result<(u64, String), String> {
+    for file in files.iter().rev() {
+        let mut text = Vec::new();
+        File::open(file)
+            .and_then(|mut f| f.read_to_end(&mut text))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if let Some(link) = text
+            .split(|b| *b == b'\n')
+            .rev()
+            .find_map(|l| chain::check_line(l).ok())
+        {
+            return Ok((link.seq, link.hash));
+        }
+    }
+    Ok((0, GENESIS.to_string()))
+}
+
+struct Writer {
+    cfg: WriterConfig,
+    signer: Option<Signer>,
+    file: Option<File>,
+    file_name: String,
+    file_len: u64,
+    file_opened: Instant,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    checkpointed_seq: u64,
+    last_checkpoint: Instant,
+    unsynced: u64,
+    last_sync: Instant,
+    /// Records nobody waits for, kept while the disk refuses writes.
+    pending: VecDeque<Box<Record>>,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<AuditMetrics>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut records: Vec<(Box<Record>, Option<Ack>)> = Vec::with_capacity(batch.len());
+            let mut shutdown = None;
+            let mut tick = false;
+            for m in batch {
+                match m {
+                    Msg::Record(r, ack) => records.push((r, ack)),
+                    Msg::Tick => tick = true,
+                    Msg::Shutdown(done) => shutdown = Some(done),
+                }
+            }
+            if !self.pending.is_empty() {
+                let retry: Vec<(Box<Record>, Option<Ack>)> =
+                    self.pending.drain(..).map(|r| (r, None)).collect();
+                records.splice(0..0, retry);
+            }
+            if !records.is_empty() {
+                self.append(records);
+            }
+            if tick {
+                self.on_tick();
+            }
+            if let Some(done) = shutdown {
+                self.checkpoint("shutdown");
+                self.sync();
+                let _ = done.send(());
+                return;
+            }
+        }
+        // Every handle is gone: finish cleanly.
+        self.checkpoint("shutdown");
+        self.sync();
+    }
+
+    fn file_path(&self, name: &str) -> PathBuf {
+        self.cfg.dir.join(name)
+    }
+
+    /// Opens a new file (after checkpointing the current one).
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if self.file.is_some() {
+            self.checkpoint("rotation");
+            self.sync();
+        }
+        let stamp = timestamp(SystemTime::now())
+            .replace([':', '-'], "")
+            .replace('.', "");
+        let name = format!("audit-{stamp}-{}.jsonl", self.cfg.replica);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file_path(&name))?;
+        self.file_len = file.metadata()?.len();
+        self.file = Some(file);
+        self.file_name = name;
+        self.file_opened = Instant::now();
+        // The directory entry itself must survive a crash.
+        if let Ok(d) = File::open(&self.cfg.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn needs_rotation(&self) -> bool {
+        self.file.is_none()
+            || self.file_len >= self.cfg.rotate_bytes
+            || self.file_opened.elapsed() >= self.cfg.rotate_interval
+    }
+
+    fn append(&mut self, records: Vec<(Box<Record>, Option<Ack>)>) {
+        if self.needs_rotation() {
+            if let Err(e) = self.rotate() {
+                self.fail(records, &format!("cannot open a new audit file: {e}"));
+                return;
+            }
+        }
+        let (seq0, prev0) = (self.seq, self.prev.clone());
+        let mut buffer = Vec::with_capacity(records.len() * 512);
+        let mut kinds = Vec::with_capacity(records.len());
+        for (record, _) in &records {
+            let mut r = (**record).clone();
+            self.seq += 1;
+            r.seq = self.seq;
+            r.prev = std::mem::take(&mut self.prev);
+            let (line, hash) = chain::seal(&mut r);
+            buffer.extend_from_slice(&line);
+            self.prev = hash;
+            kinds.push(r.kind);
+        }
+        let written = match self.file.as_mut() {
+            Some(f) => f.write_all(&buffer).and_then(|()| {
+                if self.cfg.fsync == FsyncPolicy::Always {
+                    f.sync_data()
+                } else {
+                    Ok(())
+                }
+            }),
+            None => Err(std::io::Error::other("no audit file open")),
+        };
+        if let Err(e) = written {
+            // Cut the file back to its last complete record and forget the chain positions.
+            if let Some(f) = self.file.as_mut() {
+                let _ = f.set_len(self.file_len);
+                let _ = f.seek(SeekFrom::End(0));
+            }
+            self.seq = seq0;
+            self.prev = prev0;
+            self.fail(records, &format!("writing {}: {e}", self.file_name));
+            return;
+        }
+        self.file_len += buffer.len() as u64;
+        let n = records.len() as u64;
+        self.unsynced += n;
+        self.since_checkpoint += n;
+        if self.cfg.fsync == FsyncPolicy::Always {
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
+        }
+        if let FsyncPolicy::Batch { records: limit, .. } = self.cfg.fsync {
+            if self.unsynced >= limit {
+                self.sync();
+            }
+        }
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!("audit log writable again");
+        }
+        self.metrics.healthy.set(1);
+        for kind in &kinds {
+            self.metrics.record(kind);
+        }
+        for (_, ack) in records {
+            if let Some(ack) = ack {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        if self.since_checkpoint >= self.cfg.checkpoint_every {
+            self.checkpoint("count");
+        }
+    }
+
+    fn fail(&mut self, records: Vec<(Box<Record>, Option<Ack>)>, why: &str) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                error = why,
+                "audit log cannot be written; routes that require audit answer 503"
+            );
+        }
+        self.metrics.healthy.set(0);
+        self.metrics.write_errors.inc();
+        for (record, ack) in records {
+            match ack {
+                // The request waiting for it is refused: nothing is forwarded unrecorded.
+                Some(ack) => {
+                    let _ = ack.send(Err(Unavailable(why.to_string())));
+                }
+                None => {
+                    if self.pending.len() < MAX_PENDING {
+                        self.pending.push_back(record);
+                    } else {
+                        self.metrics.lost.inc();
+                        tracing::error!("audit record lost: the in-memory backlog is full");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let FsyncPolicy::Batch { interval, .. } = self.cfg.fsync {
+            if self.unsynced > 0 && self.last_sync.elapsed() >= interval {
+                self.sync();
+            }
+        }
+        if self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
+        {
+            self.checkpoint("interval");
+        }
+        if self.file.is_some()
+            && self.file_opened.elapsed() >= self.cfg.rotate_interval
+            && self.seq > self.checkpointed_seq
+        {
+            let _ = self.rotate();
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(f) = &self.file {
+            if f.sync_data().is_ok() {
+                self.unsynced = 0;
+                self.last_sync = Instant::now();
+            }
+        }
+    }
+
+    /// Signs the latest record's position into `<file>.checkpoints` (and the mirror).
+    fn checkpoint(&mut self, reason: &str) {
+        if self.file.is_none() || self.seq == self.checkpointed_seq {
+            return;
+        }
+        // The checkpoint must never refer to a record the disk does not have yet.
+        self.sync();
+        let cp = Checkpoint {
+            time: timestamp(SystemTime::now()),
+            replica: self.cfg.replica.clone(),
+            file: self.file_name.clone(),
+            seq: self.seq,
+            hash: self.prev.clone(),
+            reason: reason.to_string(),
+            key: String::new(),
+            sig: String::new(),
+        };
+        let line = match &self.signer {
+            Some(s) => s.sign(cp),
+            None => {
+                let mut l = serde_json::to_vec(&cp).unwrap_or_default();
+                l.push(b'\n');
+                l
+            }
+        };
+        let name = format!("{}.checkpoints", self.file_name);
+        let ok = append_synced(&self.file_path(&name), &line).is_ok();
+        if let Some(mirror) = &self.cfg.mirror {
+            if let Err(e) = append_synced(&mirror.join(&name), &line) {
+                tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
+                self.metrics.mirror_errors.inc();
+            }
+        }
+        if ok {
+            self.checkpointed_seq = self.seq;
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+            self.metrics.checkpoints.inc();
+        } else {
+            self.metrics.write_errors.inc();
+        }
+    }
+}
+
+fn append_synced(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(line)?;
+    f.sync_data()
+}

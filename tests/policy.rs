@@ -10,7 +10,7 @@ use support::oidc::{CI_CLIENT, CLI_CLIENT, OidcProvider, PASSWORD};
 use support::raw::exchange;
 use support::secrets::Secrets;
 use support::{
-    DevCa, GatewayBuilder, GitServer, HOST, RecordingUpstream, Reply, TestGateway, git,
+    DevCa, GatewayBuilder, GitServer, HOST, RecordingUpstream, Reply, TestGateway, git, otlp_body,
     run_with_timeout,
 };
 
@@ -316,34 +316,6 @@ async fn a_refused_page_is_readable_and_never_reaches_gogs() {
 }
 
 /// A minimal OTLP/HTTP protobuf export: one resource per service name, no spans.
-fn otlp_body(services: &[&str]) -> Vec<u8> {
-    fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(n << 3) | 2];
-        let mut len = bytes.len();
-        loop {
-            let b = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-        out.extend_from_slice(bytes);
-        out
-    }
-    let mut body = Vec::new();
-    for s in services {
-        let any_value = field(1, s.as_bytes());
-        let mut kv = field(1, b"service.name");
-        kv.extend(field(2, &any_value));
-        let resource = field(1, &kv);
-        let resource_spans = field(1, &resource);
-        body.extend(field(1, &resource_spans));
-    }
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_may_send_telemetry_only_for_its_own_services() {
     let s = setup().await;

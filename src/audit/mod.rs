@@ -18,7 +18,7 @@ pub mod writer;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub use record::{Action, AuditDecision, AuditIdentity, AuditRef, Kind, Record, Source};
-pub use writer::{AuditLog, FsyncPolicy, StartError, Unavailable, WriterConfig};
+pub use writer::{AuditLog, FsyncPolicy, Refused, StartError, Unavailable, WriterConfig};
 
 /// Audit metrics; counters touched per record are resolved once.
 pub struct AuditMetrics {

@@ -186,6 +186,19 @@ pub struct Record {
     pub hash: String,
 }
 
+impl Record {
+    /// A record about the gateway itself (reloads, administration), not about a request.
+    pub fn event(kind: Kind, detail: String) -> Record {
+        Record {
+            time: timestamp(std::time::SystemTime::now()),
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.as_str().to_string(),
+            detail: Some(detail),
+            ..Default::default()
+        }
+    }
+}
+
 /// Cuts `value` to [`MAX_VALUE`] bytes on a character boundary, noting `field` in `truncated`.
 pub fn cap(value: &str, field: &str, truncated: &mut Vec<String>) -> String {
     if value.len() <= MAX_VALUE {

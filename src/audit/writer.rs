@@ -57,6 +57,14 @@ pub struct WriterConfig {
 #[error("audit log unavailable: {0}")]
 pub struct Unavailable(pub String);
 
+/// A record [`AuditLog::write`] could not write, handed back (when the writer still had it)
+/// so the caller can record the refusal instead.
+#[derive(Debug)]
+pub struct Refused {
+    pub why: Unavailable,
+    pub record: Option<Box<Record>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{}: {message}", dir.display())]
@@ -65,7 +73,7 @@ pub enum StartError {
     Key(String),
 }
 
-type Ack = oneshot::Sender<Result<(), Unavailable>>;
+type Ack = oneshot::Sender<Result<(), Refused>>;
 
 enum Msg {
     Record(Box<Record>, Option<Ack>),
@@ -167,9 +175,13 @@ impl AuditLog {
     }
 
     /// Writes a record and waits until it is written (and synced, with `fsync = "always"`).
-    pub async fn write(&self, record: Record) -> Result<(), Unavailable> {
+    pub async fn write(&self, record: Record) -> Result<(), Refused> {
+        let refused = |why: &str, record: Option<Box<Record>>| Refused {
+            why: Unavailable(why.to_string()),
+            record,
+        };
         let (ack, done) = oneshot::channel();
-        match self
+        if let Err(e) = self
             .tx
             .send_timeout(
                 Msg::Record(Box::new(record), Some(ack)),
@@ -177,19 +189,22 @@ impl AuditLog {
             )
             .await
         {
-            Ok(()) => {}
-            Err(_) => {
-                self.metrics.refused.inc();
-                return Err(Unavailable("the audit queue is full".into()));
-            }
+            self.metrics.refused.inc();
+            let record = match e.into_inner() {
+                Msg::Record(r, _) => Some(r),
+                _ => None,
+            };
+            return Err(refused("the audit queue is full", record));
         }
-        match tokio::time::timeout(ACK_TIMEOUT, done).await {
+        let result = match tokio::time::timeout(ACK_TIMEOUT, done).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Unavailable("the audit writer stopped".into())),
-            Err(_) => Err(Unavailable(
-                "the audit writer did not confirm in time".into(),
-            )),
+            Ok(Err(_)) => Err(refused("the audit writer stopped", None)),
+            Err(_) => Err(refused("the audit writer did not confirm in time", None)),
+        };
+        if result.is_err() {
+            self.metrics.refused.inc();
         }
+        result
     }
 
     /// Hands a record to the writer without waiting for it to be written. If the queue stays
@@ -201,12 +216,19 @@ impl AuditLog {
                 let tx = self.tx.clone();
                 let metrics = self.metrics.clone();
                 let timeout = self.enqueue_timeout.max(Duration::from_secs(5));
-                tokio::spawn(async move {
+                let wait = async move {
                     if tx.send_timeout(msg, timeout).await.is_err() {
                         metrics.lost.inc();
                         tracing::error!("audit queue full: a record was lost");
                     }
-                });
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(wait);
+                    }
+                    // Outside the runtime (a body dropped at shutdown): wait here.
+                    Err(_) => futures_block_on(wait),
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.metrics.lost.inc();
@@ -221,6 +243,16 @@ impl AuditLog {
         if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
         }
+    }
+}
+
+/// Runs a future to completion on a throwaway current-thread runtime.
+fn futures_block_on(f: impl std::future::Future<Output = ()>) {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        rt.block_on(f);
     }
 }
 
@@ -375,6 +407,7 @@ impl Writer {
             let mut r = (**record).clone();
             self.seq += 1;
             r.seq = self.seq;
+            r.replica.clone_from(&self.cfg.replica);
             r.prev = std::mem::take(&mut self.prev);
             let (line, hash) = chain::seal(&mut r);
             buffer.extend_from_slice(&line);
@@ -445,7 +478,10 @@ impl Writer {
             match ack {
                 // The request waiting for it is refused: nothing is forwarded unrecorded.
                 Some(ack) => {
-                    let _ = ack.send(Err(Unavailable(why.to_string())));
+                    let _ = ack.send(Err(Refused {
+                        why: Unavailable(why.to_string()),
+                        record: Some(record),
+                    }));
                 }
                 None => {
                     if self.pending.len() < MAX_PENDING {

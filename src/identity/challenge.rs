@@ -40,6 +40,8 @@ pub struct Challenge {
     pub reason: String,
     /// Cookies to clear (an expired or refused session).
     pub clear: Vec<HeaderValue>,
+    /// A credential was presented and refused (audited as `token_rejected`).
+    pub refused: bool,
 }
 
 impl Challenge {
@@ -109,6 +111,7 @@ pub fn unauthenticated(parts: &Parts, route: &RouteConfig, reason: &str) -> Chal
         kind,
         reason: reason.to_string(),
         clear: Vec::new(),
+        refused: false,
     }
 }
 
@@ -127,6 +130,7 @@ pub fn invalid_credential(
             },
             reason,
             clear: Vec::new(),
+            refused: true,
         };
     }
     Challenge {
@@ -137,6 +141,7 @@ pub fn invalid_credential(
         },
         reason,
         clear: Vec::new(),
+        refused: true,
     }
 }
 
@@ -147,6 +152,7 @@ pub fn provider_unavailable(parts: &Parts, detail: &str) -> Challenge {
         },
         reason: format!("identity provider unavailable: {detail}"),
         clear: Vec::new(),
+        refused: false,
     }
 }
 

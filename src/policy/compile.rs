@@ -199,6 +199,9 @@ pub struct CompiledPolicy {
     pub routes: HashMap<String, RouteRules>,
     pub files: Vec<PathBuf>,
     pub rule_count: usize,
+    /// SHA-256 over the policy files' names and contents: which policy was in force, for
+    /// the audit log.
+    pub digest: String,
 }
 
 pub const METHODS: [&str; 9] = [
@@ -218,6 +221,8 @@ pub struct Loaded {
     pub path: PathBuf,
     pub file: PolicyFile,
     pub lines: Vec<usize>,
+    /// SHA-256 of the file's text.
+    pub text_digest: Vec<u8>,
 }
 
 struct Builder {
@@ -445,6 +450,7 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
         routes,
         files: loaded.iter().map(|l| l.path.clone()).collect(),
         rule_count: count,
+        digest: String::new(),
     })
 }
 

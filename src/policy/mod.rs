@@ -88,6 +88,9 @@ pub fn parse_file(path: &Path, text: &str) -> Result<compile::Loaded, Diagnostic
     Ok(compile::Loaded {
         path: path.to_path_buf(),
         lines: file::rule_lines(text),
+        text_digest: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes())
+            .as_ref()
+            .to_vec(),
         file,
     })
 }
@@ -96,6 +99,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<compile::Loaded, Diagnostic
 pub fn load_dir(dir: &Path, routes: &[RouteInfo]) -> Result<CompiledPolicy, PolicyError> {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for path in policy_files(dir)? {
         match std::fs::read_to_string(&path) {
             Ok(text) => match parse_file(&path, &text) {
@@ -114,7 +118,15 @@ pub fn load_dir(dir: &Path, routes: &[RouteInfo]) -> Result<CompiledPolicy, Poli
     if !problems.is_empty() {
         return Err(PolicyError::Invalid(problems));
     }
-    compile::compile(&loaded, routes).map_err(PolicyError::Invalid)
+    for l in &loaded {
+        let name = l.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        digest.update(name.unwrap_or_default().as_bytes());
+        digest.update(b"\0");
+        digest.update(&l.text_digest);
+    }
+    let mut compiled = compile::compile(&loaded, routes).map_err(PolicyError::Invalid)?;
+    compiled.digest = crate::audit::chain::hex(digest.finish().as_ref());
+    Ok(compiled)
 }
 
 /// The policy in force, swapped atomically on reload. Requests load it once and finish under
@@ -143,13 +155,15 @@ impl PolicyStore {
         self.current.load_full()
     }
 
-    /// Re-reads the directory; on any error the policy in force stays.
-    pub fn reload(&self) -> Result<usize, PolicyError> {
-        let Some(dir) = &self.dir else { return Ok(0) };
-        let policy = load_dir(dir, &self.routes)?;
-        let n = policy.rule_count;
-        self.current.store(Arc::new(policy));
-        Ok(n)
+    /// Re-reads the directory; on any error the policy in force stays. Returns the new
+    /// policy.
+    pub fn reload(&self) -> Result<Arc<CompiledPolicy>, PolicyError> {
+        let Some(dir) = &self.dir else {
+            return Ok(self.current());
+        };
+        let policy = Arc::new(load_dir(dir, &self.routes)?);
+        self.current.store(policy.clone());
+        Ok(policy)
     }
 
     /// Whether any rule of `route` looks at OTLP services (the body must then be read).

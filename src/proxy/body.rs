@@ -53,6 +53,8 @@ pin_project! {
 pub struct Progress {
     epoch: Instant,
     last_ms: AtomicU64,
+    /// Body bytes received so far (for the audit record).
+    bytes: AtomicU64,
 }
 
 impl Progress {
@@ -60,7 +62,12 @@ impl Progress {
         Arc::new(Progress {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
     }
 
     fn touch(&self) {
@@ -120,6 +127,9 @@ where
                     }
                     if let Some(data) = frame.data_ref() {
                         *this.seen += data.len() as u64;
+                        if let Some(p) = this.progress {
+                            p.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
+                        }
                         if *this.seen > *this.limit {
                             *this.failed = true;
                             return Poll::Ready(Some(Err(BodyError::TooLarge(*this.limit))));

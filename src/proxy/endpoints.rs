@@ -18,9 +18,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::RequestContext;
+use super::audit::Draft;
 use super::error::ProxyError;
 use super::response::{ResponseBody, plain};
+use crate::audit::Kind;
 use crate::broker::gogs;
+use crate::identity::AuthMethod;
 use crate::identity::oidc::{LoginError, url_decode_pairs};
 use crate::identity::redirect::safe_return_to;
 use crate::identity::{cookies, pages};
@@ -78,10 +81,14 @@ pub async fn serve(
     req: Request<Incoming>,
     ctx: &RequestContext<'_>,
     draining: bool,
+    draft: &mut Draft,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let path = req.uri().path().to_string();
     let sub = &path[PREFIX.len()..];
     let identity = &ctx.rt.identity;
+    // Probes and public metadata are not decisions about anyone: not audited.
+    draft.skip = matches!(sub, "/health" | "/ready" | "/jwks.json" | "/cli.json")
+        && (req.method() == Method::GET || req.method() == Method::HEAD);
     match sub {
         "/health" => {
             get_only(req.method())?;
@@ -138,6 +145,7 @@ pub async fn serve(
         }
         "/oidc/login" => {
             get_only(req.method())?;
+            draft.allow("sign-in started");
             let oidc = identity.oidc.as_ref().ok_or(ProxyError::UnknownEndpoint)?;
             let wanted = req.uri().query().map(url_decode_pairs).and_then(|p| {
                 p.into_iter()
@@ -177,6 +185,9 @@ pub async fn serve(
             match oidc.complete(ctx.host_str(), query, req.headers()).await {
                 Ok((session, return_to, login_cookie)) => {
                     identity.metrics.login("success");
+                    draft.kind = Kind::Login;
+                    draft.caller(&session.identity(), AuthMethod::Session);
+                    draft.allow("signed in");
                     tracing::info!(sub = %session.sub, user = session.username.as_deref().unwrap_or("-"), "signed in");
                     let target = safe_return_to(
                         &return_to,
@@ -195,6 +206,8 @@ pub async fn serve(
                 Err(e) => {
                     identity.metrics.login(e.label());
                     tracing::warn!(reason = %e, "sign-in failed");
+                    draft.kind = Kind::LoginFailure;
+                    draft.deny(&format!("sign-in failed: {e}"));
                     let status = match e {
                         LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                         _ => StatusCode::BAD_REQUEST,
@@ -203,7 +216,7 @@ pub async fn serve(
                 }
             }
         }
-        "/logout" => logout(req, ctx).await,
+        "/logout" => logout(req, ctx, draft).await,
         _ => Err(ProxyError::UnknownEndpoint),
     }
 }
@@ -218,6 +231,7 @@ fn own_origin(ctx: &RequestContext<'_>) -> String {
 async fn logout(
     req: Request<Incoming>,
     ctx: &RequestContext<'_>,
+    draft: &mut Draft,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let identity = &ctx.rt.identity;
     let codec = identity
@@ -226,6 +240,9 @@ async fn logout(
         .ok_or(ProxyError::UnknownEndpoint)?;
     let host = ctx.host_str();
     let session = codec.read(req.headers(), host);
+    if let Some(s) = &session {
+        draft.caller(&s.identity(), AuthMethod::Session);
+    }
     match *req.method() {
         Method::GET | Method::HEAD => Ok(match &session {
             Some(s) => {
@@ -271,6 +288,8 @@ async fn logout(
                 return Err(ProxyError::Forbidden("missing or invalid CSRF token"));
             }
             tracing::info!(sub = %session.sub, "signed out");
+            draft.kind = Kind::Logout;
+            draft.allow("signed out");
             let target = match &identity.oidc {
                 Some(oidc) => oidc.end_session_url(&session, host).await,
                 None => None,

@@ -50,6 +50,8 @@ pub enum ProxyError {
     Forbidden(&'static str),
     #[error("request body cannot be read: {0}")]
     Unreadable(String),
+    #[error("the audit log cannot be written, and this route forwards nothing unrecorded")]
+    AuditUnavailable,
 }
 
 fn upstream_message(kind: UpstreamErrorKind) -> &'static str {
@@ -84,7 +86,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Upstream(_) => StatusCode::BAD_GATEWAY,
-            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Forbidden(_) => StatusCode::FORBIDDEN,
             Unreadable(_) => StatusCode::BAD_REQUEST,
         }
@@ -110,6 +112,7 @@ impl ProxyError {
             ShuttingDown => "shutting_down",
             Forbidden(_) => "forbidden",
             Unreadable(_) => "unreadable_body",
+            AuditUnavailable => "audit_unavailable",
         }
     }
 

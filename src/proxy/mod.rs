@@ -3,6 +3,7 @@
 //! [`Gateway::handle`] is the one place the stages are put in order; each stage lives in its
 //! own module and knows nothing of sockets. See ARCHITECTURE.md for the whole picture.
 
+pub mod audit;
 pub mod authorize;
 pub mod body;
 pub mod client;
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::audit::AuditLog;
 use crate::broker::{Broker, gogs, otlp};
-use crate::config::{Config, SecretError, UpstreamProtocol};
+use crate::config::{AuditRequirement, Config, SecretError, UpstreamProtocol};
 use crate::identity::challenge::{self, Challenge, ChallengeKind};
 use crate::identity::{Authenticator, Caller, IdentityBuildError, Outcome, assertion, cookies};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UpstreamErrorKind, method_index};
@@ -169,6 +170,7 @@ impl Gateway {
         down: &Downstream,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        let time = std::time::SystemTime::now();
         let mut in_flight = Some(down.activity.begin());
         let rt = self.runtime.load_full();
         let method = req.method().clone();
@@ -178,9 +180,29 @@ impl Gateway {
             Some(v) if trusted && headers::usable_request_id(v) => v.clone(),
             _ => request_id::generate(),
         };
+        let arrival = audit::Arrival::new(
+            time,
+            start,
+            &request_id,
+            down.peer,
+            trusted,
+            &method,
+            uri.path(),
+            req.headers(),
+        );
+        let mut draft = audit::Draft::default();
 
         let outcome = self
-            .proxy(req, down, &rt, trusted, &request_id, &mut in_flight)
+            .proxy(
+                req,
+                down,
+                &rt,
+                trusted,
+                &request_id,
+                &mut in_flight,
+                &arrival,
+                &mut draft,
+            )
             .await;
         let (mut resp, route, failure) = match outcome {
             Ok((resp, route)) => (resp, route, None),
@@ -194,6 +216,7 @@ impl Gateway {
         }
 
         let status = resp.status();
+        self.record(&mut resp, &mut draft, &arrival, failure.as_ref());
         let metrics = route.as_ref().map_or(&rt.unrouted, |r| &r.metrics);
         metrics.observe(
             method_index(&method),
@@ -221,6 +244,54 @@ impl Gateway {
         resp
     }
 
+    /// The audit side of a finished exchange: the outcome of a forwarded request (when its
+    /// body is done), or the one record of a request the gateway answered itself.
+    fn record(
+        &self,
+        resp: &mut Response<ResponseBody>,
+        draft: &mut audit::Draft,
+        arrival: &audit::Arrival<'_>,
+        failure: Option<&ProxyError>,
+    ) {
+        if draft.skip {
+            return;
+        }
+        let status = resp.status().as_u16();
+        if let Some(written) = draft.written.take() {
+            let mut outcome = audit::OutcomeRecorder::new(
+                self.audit.clone(),
+                written,
+                arrival.request_id,
+                draft.route.as_deref().unwrap_or("-"),
+                arrival.start,
+                status,
+                draft.progress.take(),
+            );
+            match failure {
+                Some(e) => outcome.finish(Some(&e.to_string())),
+                None => {
+                    let body = std::mem::replace(resp.body_mut(), ResponseBody::empty());
+                    *resp.body_mut() = body.with_outcome(outcome);
+                }
+            }
+            return;
+        }
+        if draft.decision.is_none() {
+            match failure {
+                Some(e) => draft.deny(&e.to_string()),
+                None if status < 400 => draft.allow("answered by the gateway"),
+                None => draft.deny("answered by the gateway"),
+            }
+        }
+        if let Some(e) = failure
+            && draft.detail.is_none()
+        {
+            draft.detail = Some(e.to_string());
+        }
+        self.audit
+            .submit(audit::record(draft, arrival, Some(status)));
+    }
+
     async fn proxy(
         &self,
         req: Request<Incoming>,
@@ -229,6 +300,8 @@ impl Gateway {
         trusted: bool,
         request_id: &HeaderValue,
         in_flight: &mut Option<InFlight>,
+        arrival: &audit::Arrival<'_>,
+        draft: &mut audit::Draft,
     ) -> Result<(Response<ResponseBody>, Option<Arc<Route>>), Failure> {
         // Stage 1: framing. Violations seen below hyper close the connection.
         if let Some(why) = down.framing.violation() {
@@ -267,9 +340,14 @@ impl Gateway {
 
         // Stage 4: the gateway's own endpoints, then the route.
         if endpoints::is_gateway_path(path) {
-            return Ok((endpoints::serve(req, &ctx, self.draining()).await?, None));
+            draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
+            return Ok((
+                endpoints::serve(req, &ctx, self.draining(), draft).await?,
+                None,
+            ));
         }
         let route = rt.routes.lookup(&host, path)?.clone();
+        draft.route = Some(route.config.name.clone());
         let (mut parts, body) = req.into_parts();
         if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
             let len: u64 = len
@@ -295,8 +373,15 @@ impl Gateway {
                 .authenticate(&mut parts, &route.config, ctx.host_str())
                 .await
             {
-                Outcome::Caller(c) => Some(c),
+                Outcome::Caller(c) => {
+                    draft.caller(&c.identity, c.method);
+                    Some(c)
+                }
                 Outcome::Challenge(c) => {
+                    if c.refused {
+                        draft.kind = crate::audit::Kind::TokenRejected;
+                    }
+                    draft.deny(&c.reason);
                     return Ok((challenge_response(c, &parts, &ctx).await, Some(route)));
                 }
             }
@@ -305,8 +390,25 @@ impl Gateway {
         // Stage 6: what the request is, and whether the policy lets this caller do it.
         let inbound = match authorize::authorize(&parts, body, &ctx, &route, caller.as_ref()).await
         {
-            Ok(authorize::Verdict::Forward { inbound, .. }) => inbound,
-            Ok(authorize::Verdict::Refused { response, .. }) => {
+            Ok(authorize::Verdict::Forward {
+                inbound,
+                request,
+                decision,
+            }) => {
+                draft.request(&request);
+                match &decision {
+                    Some(d) => draft.decided(d),
+                    None => draft.allow("public route"),
+                }
+                inbound
+            }
+            Ok(authorize::Verdict::Refused {
+                response,
+                request,
+                decision,
+            }) => {
+                draft.request(&request);
+                draft.decided(&decision);
                 return Ok((*response, Some(route)));
             }
             Err(error) => {
@@ -316,6 +418,25 @@ impl Gateway {
                 });
             }
         };
+
+        // The decision is on record before anything is forwarded.
+        let record = audit::record(draft, arrival, None);
+        let record_id = record.id.clone();
+        match route.config.audit {
+            AuditRequirement::Required => {
+                if let Err(refused) = self.audit.write(record).await {
+                    draft.restore(refused.record, &refused.why.0);
+                    tracing::error!(route = %route.config.name, error = %refused.why, "request refused: its audit record cannot be written");
+                    return Err(Failure {
+                        error: ProxyError::AuditUnavailable,
+                        route: Some(route),
+                    });
+                }
+            }
+            AuditRequirement::BestEffort => self.audit.submit(record),
+        }
+        draft.written = Some(record_id);
+        draft.progress = inbound.progress.clone();
 
         match forward(parts, inbound, &ctx, &route, caller, in_flight).await {
             Ok(resp) => Ok((resp, Some(route))),

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::audit::OutcomeRecorder;
 use super::body::{BodyError, Guarded};
 use super::downstream::InFlight;
 use super::error::ProxyError;
@@ -34,6 +35,7 @@ pin_project! {
         kind: Kind,
         route: Option<Arc<Route>>,
         in_flight: Option<InFlight>,
+        outcome: Option<OutcomeRecorder>,
     }
 }
 
@@ -47,6 +49,7 @@ impl ResponseBody {
             kind: Kind::Upstream { body },
             route: Some(route),
             in_flight,
+            outcome: None,
         }
     }
 
@@ -58,11 +61,23 @@ impl ResponseBody {
             },
             route: None,
             in_flight: None,
+            outcome: None,
         }
     }
 
     pub fn empty() -> Self {
         ResponseBody::bytes(Bytes::new())
+    }
+
+    /// Records the request's outcome when this body ends (or is dropped unfinished).
+    pub fn with_outcome(mut self, outcome: OutcomeRecorder) -> Self {
+        let mut outcome = outcome;
+        if self.is_end_stream() {
+            outcome.finish(None);
+        } else {
+            self.outcome = Some(outcome);
+        }
+        self
     }
 
     /// Attaches the in-flight marker to a body the gateway wrote.
@@ -81,11 +96,29 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        let polled = match this.kind.project() {
-            KindProj::Upstream { body } => body.poll_frame(cx),
-            KindProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        let (polled, ended) = match this.kind.project() {
+            KindProj::Upstream { mut body } => {
+                let polled = body.as_mut().poll_frame(cx);
+                (polled, body.is_end_stream())
+            }
+            KindProj::Bytes { data } => {
+                let polled = Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+                (polled, true)
+            }
         };
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(o) = this.outcome.as_mut() {
+                    if let Some(d) = frame.data_ref() {
+                        o.sent(d.len());
+                    }
+                    // hyper stops polling once a body says it has ended.
+                    if ended {
+                        o.finish(None);
+                        *this.outcome = None;
+                    }
+                }
+            }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(route) = this.route {
                     route
@@ -93,12 +126,18 @@ impl Body for ResponseBody {
                         .upstream_error(UpstreamErrorKind::ResponseBody);
                     tracing::warn!(route = %route.config.name, error = %e, "upstream response body broke off");
                 }
+                if let Some(mut o) = this.outcome.take() {
+                    o.finish(Some(&format!("the response body broke off: {e}")));
+                }
                 this.in_flight.take();
             }
             Poll::Ready(None) => {
+                if let Some(mut o) = this.outcome.take() {
+                    o.finish(None);
+                }
                 this.in_flight.take();
             }
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }
@@ -148,6 +187,10 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
     if err.closes_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let ProxyError::AuditUnavailable = err {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     if let ProxyError::MethodNotAllowed(_) = err {
         resp.headers_mut().insert(

@@ -84,6 +84,16 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         tracing::warn!("audit.signing_key_file is not set: checkpoints are not signed");
     }
     let audit = crate::audit::AuditLog::start(audit_config.writer(), metrics.audit.clone())?;
+    audit.submit(crate::audit::Record::event(
+        crate::audit::Kind::ConfigReload,
+        format!(
+            "gatehouse {} started with {} ({} routes); {}",
+            env!("CARGO_PKG_VERSION"),
+            config.source.display(),
+            config.routes.len(),
+            reload::policy_summary("policy", &runtime.policy.current()),
+        ),
+    ));
     runtime.start();
     let gateway = Gateway::new(runtime, metrics.clone(), audit);
     let limits = Arc::new(Semaphore::new(max_connections));
@@ -175,6 +185,10 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         ),
     }
     // Everything queued is written, then a final signed checkpoint.
+    gateway.audit.submit(crate::audit::Record::event(
+        crate::audit::Kind::Admin,
+        "gatehouse stopped".to_string(),
+    ));
     gateway.audit.shutdown().await;
     tracing::info!("audit log closed");
     Ok(())

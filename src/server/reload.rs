@@ -18,8 +18,31 @@ use tokio::sync::mpsc;
 
 use super::conn::ConnSettings;
 use super::tls::CertResolver;
+use crate::audit::{Kind, Record};
 use crate::config::{Config, TlsConfig};
 use crate::proxy::{Gateway, Runtime};
+
+/// What an auditor needs to know about a policy: which files, which content.
+pub fn policy_summary(what: &str, policy: &crate::policy::CompiledPolicy) -> String {
+    if policy.digest.is_empty() {
+        return format!("{what}: none configured (every authenticated request is denied)");
+    }
+    let files: Vec<String> = policy
+        .files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    format!(
+        "{what}: {} rules from {} (sha256 {})",
+        policy.rule_count,
+        if files.is_empty() {
+            "no files".to_string()
+        } else {
+            files.join(", ")
+        },
+        policy.digest
+    )
+}
 
 /// Files may be written in several steps (certificate, then key); wait for quiet first.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -85,13 +108,25 @@ impl Reloader {
         let metrics = &self.gateway.metrics;
         let rt = self.gateway.runtime();
         match rt.policy.reload() {
-            Ok(rules) => {
+            Ok(policy) => {
+                let rules = policy.rule_count;
                 metrics.policy_reloaded(true);
                 metrics.policy_rules.set(rules as i64);
-                tracing::info!(rules, "policy reloaded");
+                tracing::info!(rules, digest = %policy.digest, "policy reloaded");
+                self.gateway.audit.submit(Record::event(
+                    Kind::PolicyReload,
+                    policy_summary("policy reloaded", &policy),
+                ));
             }
             Err(e) => {
                 metrics.policy_reloaded(false);
+                self.gateway.audit.submit(Record::event(
+                    Kind::PolicyReload,
+                    format!(
+                        "policy reload failed; the policy in force stays (sha256 {}): {e}",
+                        rt.policy.current().digest
+                    ),
+                ));
                 for line in e.to_string().lines() {
                     tracing::error!(
                         problem = line,
@@ -115,10 +150,16 @@ impl Reloader {
                     );
                 }
                 metrics.config_reloaded(false);
+                self.audit_config_failure(path, &e.to_string());
                 return false;
             }
         };
         let old = self.gateway.runtime();
+        if old.config.audit.as_ref().map(|a| (&a.dir, &a.replica))
+            != config.audit.as_ref().map(|a| (&a.dir, &a.replica))
+        {
+            tracing::warn!("audit dir or replica changed; they take effect after a restart");
+        }
         if old.config.server.listen != config.server.listen
             || old.config.server.plaintext_listen != config.server.plaintext_listen
             || old.config.metrics.as_ref().map(|m| m.listen)
@@ -135,12 +176,21 @@ impl Reloader {
             .map(|p| p.dir.clone());
         match Runtime::build(config, &metrics) {
             Ok(rt) => {
+                let summary = format!(
+                    "configuration reloaded from {} ({} routes); {}",
+                    path.display(),
+                    rt.config.routes.len(),
+                    policy_summary("policy", &rt.policy.current())
+                );
                 self.gateway.install(rt);
                 self.settings.store(Arc::new(settings));
                 self.tls = tls;
                 self.policy_dir = policy_dir;
                 metrics.config_reloaded(true);
                 tracing::info!(path = %path.display(), "configuration reloaded");
+                self.gateway
+                    .audit
+                    .submit(Record::event(Kind::ConfigReload, summary));
                 true
             }
             Err(e) => {
@@ -151,9 +201,20 @@ impl Reloader {
                     );
                 }
                 metrics.config_reloaded(false);
+                self.audit_config_failure(path, &e.to_string());
                 false
             }
         }
+    }
+
+    fn audit_config_failure(&self, path: &Path, error: &str) {
+        self.gateway.audit.submit(Record::event(
+            Kind::ConfigReload,
+            format!(
+                "configuration reload from {} failed; the running configuration stays: {error}",
+                path.display()
+            ),
+        ));
     }
 
     fn reload_certificate(&self) {

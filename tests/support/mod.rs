@@ -154,3 +154,33 @@ pub fn curl(ca: &DevCa, gateway_port: u16, args: &[&str]) -> Command {
     ca.apply_env(&mut cmd);
     cmd
 }
+
+/// An OTLP/protobuf `ExportTraceServiceRequest` with one resource per `service.name`.
+#[allow(dead_code)]
+pub fn otlp_body(services: &[&str]) -> Vec<u8> {
+    fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(n << 3) | 2];
+        let mut len = bytes.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(bytes);
+        out
+    }
+    let mut body = Vec::new();
+    for s in services {
+        let any_value = field(1, s.as_bytes());
+        let mut kv = field(1, b"service.name");
+        kv.extend(field(2, &any_value));
+        let resource = field(1, &kv);
+        let resource_spans = field(1, &resource);
+        body.extend(field(1, &resource_spans));
+    }
+    body
+}

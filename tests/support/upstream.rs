@@ -53,6 +53,18 @@ pub enum Reply {
     StallBody,
     /// 200 "ok" with this extra response header.
     Header(&'static str, &'static str),
+    /// Calls the hook with the request head the moment it arrives, then 200 "ok".
+    Hook(Hook),
+}
+
+/// A function the upstream calls as each request arrives.
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn(&HeaderMap) + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 pub struct RecordingUpstream {
@@ -147,6 +159,9 @@ async fn answer(
     reply: Reply,
 ) -> Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
     let on_upgrade = hyper::upgrade::on(&mut req);
+    if let Reply::Hook(hook) = &reply {
+        (hook.0)(req.headers());
+    }
     let index = {
         let mut s = seen.lock().expect("lock");
         s.push(Recorded {
@@ -186,7 +201,7 @@ async fn answer(
         r
     };
     match reply {
-        Reply::Ok => full(200, Bytes::from_static(b"ok")),
+        Reply::Ok | Reply::Hook(_) => full(200, Bytes::from_static(b"ok")),
         Reply::Header(name, value) => {
             let mut r = full(200, Bytes::from_static(b"ok"));
             r.headers_mut()

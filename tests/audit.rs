@@ -1,0 +1,501 @@
+//! The audit log end to end: real callers (tokens from a real provider, real `git`), the
+//! real gateway, the records it writes, and `gatehouse audit verify` over them; a disk that
+//! fills up (a small tmpfs), and a gateway killed mid-stream.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use gatehouse::audit::Record;
+use support::oidc::{CI_CLIENT, CLI_CLIENT, OidcProvider, PASSWORD};
+use support::raw::exchange;
+use support::secrets::{BROKER_TOKEN, LIGHTSTEP_TOKEN, Secrets};
+use support::upstream::Hook;
+use support::{
+    DevCa, GatewayBuilder, GitServer, HOST, RecordingUpstream, Reply, TestGateway, curl, git,
+    otlp_body, run_with_timeout,
+};
+
+const POLICY: &str = r#"
+roles:
+  developer: { groups: [engineering] }
+  sre: { groups: [sre] }
+  ci: { clients: [ci-pipeline] }
+  auditor: { groups: [security-audit] }
+rules:
+  - id: read-code
+    route: gogs
+    roles: [developer, sre]
+    git: { actions: [fetch] }
+  - id: write-code
+    route: gogs
+    roles: [developer, sre]
+    git: { actions: [push], repos: ["platform/*"] }
+  - id: protect-main
+    route: gogs
+    effect: deny
+    roles: ["*"]
+    unless: [sre]
+    git: { actions: [push], refs: [refs/heads/main] }
+  - id: ci-traces
+    route: lightstep
+    roles: [ci]
+    otlp: { services: [checkout] }
+"#;
+
+/// Every record in `dir`, in file and line order.
+fn records(dir: &Path) -> Vec<Record> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let r: Record = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}: {line}", f.display(), i + 1));
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn all_text(dir: &Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+    }
+    text
+}
+
+/// `gatehouse audit verify`: (success, stdout).
+fn verify(dir: &Path, pubkey: &Path) -> (bool, String) {
+    let (ok, out, err) = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["audit", "verify"])
+            .arg(dir)
+            .arg("--pubkey")
+            .arg(pubkey),
+        60,
+    );
+    (ok, format!("{out}{err}"))
+}
+
+fn user_token(provider: &OidcProvider, user: &str) -> String {
+    let grant = provider.device_authorize(CLI_CLIENT);
+    provider
+        .device_complete(&grant, user, PASSWORD)
+        .expect("device login");
+    provider.device_token(&grant).access_token
+}
+
+fn git_as(ca: &DevCa, gw: &TestGateway, token: &str, cwd: &Path, args: &[&str]) -> (bool, String) {
+    let header = format!("http.extraHeader=Authorization: Bearer {token}");
+    let mut all = vec!["-c", &header];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run_with_timeout(&mut git(ca, cwd, gw.port(), &all), 60);
+    (ok, format!("{out}{err}"))
+}
+
+fn the<'a>(records: &'a [Record], what: &str, f: impl Fn(&Record) -> bool) -> &'a Record {
+    let found: Vec<&Record> = records.iter().filter(|r| f(r)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one record for {what}, got {}: {found:#?}",
+        found.len()
+    );
+    found[0]
+}
+
+fn git_push_of<'a>(r: &'a Record, refname: &str) -> bool {
+    r.kind == "request"
+        && r.action.as_ref().is_some_and(|a| {
+            a.kind.as_deref() == Some("git_push") && a.refs.iter().any(|x| x.name == refname)
+        })
+}
+
+fn otlp_request(port: u16, token: &str, services: &[&str], request_id: &str) -> Vec<u8> {
+    let body = otlp_body(services);
+    let mut req = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx-request-id: {request_id}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifies() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, POLICY);
+    let repos = tempfile::tempdir().unwrap();
+    let server = GitServer::start(repos.path()).await;
+    server.create_repo("platform/app.git");
+
+    // The OTLP upstream looks in the audit log the moment a request reaches it: the decision
+    // must already be there.
+    let audit_dir: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    let seen_before_forwarding: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let hook = {
+        let dir = audit_dir.clone();
+        let seen = seen_before_forwarding.clone();
+        Hook(Arc::new(move |headers: &http::HeaderMap| {
+            let id = headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let dir = dir.lock().unwrap().clone().expect("audit dir");
+            let on_record = records(&dir).iter().any(|r| {
+                r.kind == "request"
+                    && r.request_id.as_deref() == Some(id.as_str())
+                    && r.decision.as_ref().is_some_and(|d| d.effect == "allow")
+            });
+            seen.lock().unwrap().push((id, on_record));
+        }))
+    };
+    let up = RecordingUpstream::start(Reply::Hook(hook)).await;
+    let mut gw = GatewayBuilder::new()
+        // The test sends its own request ids, as a load balancer in front would.
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+        .route_with(
+            "gogs",
+            "gogs",
+            &[HOST],
+            &server.url(),
+            &secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            &up.url(),
+            &secrets.otlp_extra(),
+        )
+        .start(&ca);
+    *audit_dir.lock().unwrap() = Some(gw.audit_dir());
+
+    let (alice, ci) = tokio::task::block_in_place(|| {
+        (
+            user_token(&provider, "alice"),
+            provider.client_credentials_token(CI_CLIENT, &provider.ci_secret, &[]),
+        )
+    });
+
+    // alice clones, pushes a branch (allowed) and main (refused by protect-main).
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("https://{HOST}:{}/platform/app.git", gw.port());
+    let (ok, out) = tokio::task::block_in_place(|| {
+        git_as(
+            &ca,
+            &gw,
+            &alice,
+            work.path(),
+            &["clone", "--quiet", &url, "app"],
+        )
+    });
+    assert!(ok, "{out}");
+    let app = work.path().join("app");
+    std::fs::write(app.join("a.txt"), "a").unwrap();
+    tokio::task::block_in_place(|| {
+        for args in [
+            vec!["add", "a.txt"],
+            vec!["commit", "--quiet", "-m", "a"],
+            vec!["checkout", "--quiet", "-b", "feature"],
+        ] {
+            let (ok, out) = git_as(&ca, &gw, &alice, &app, &args);
+            assert!(ok, "{out}");
+        }
+        let (ok, out) = git_as(
+            &ca,
+            &gw,
+            &alice,
+            &app,
+            &["push", "--quiet", "origin", "feature"],
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = git_as(&ca, &gw, &alice, &app, &["push", "origin", "feature:main"]);
+        assert!(!ok && out.contains("protect-main"), "{out}");
+    });
+
+    // CI sends traces for its service (allowed) and for another (refused).
+    let r = exchange(
+        gw.https,
+        &ca.ca(),
+        "otlp.example.test",
+        &otlp_request(gw.port(), &ci, &["checkout"], "audit-test-otlp-1"),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    let r = exchange(
+        gw.https,
+        &ca.ca(),
+        "otlp.example.test",
+        &otlp_request(
+            gw.port(),
+            &ci,
+            &["checkout", "billing"],
+            "audit-test-otlp-2",
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+
+    // No credentials; a forged token; a malformed request; a long, hostile path.
+    let (_, code, _) = run_with_timeout(
+        &mut curl(
+            &ca,
+            gw.port(),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &gw.url("/api/v1/user"),
+            ],
+        ),
+        30,
+    );
+    assert_eq!(code, "401");
+    let (_, code, _) = run_with_timeout(
+        &mut curl(
+            &ca,
+            gw.port(),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2ln",
+                &gw.url("/api/v1/user"),
+            ],
+        ),
+        30,
+    );
+    assert_eq!(code, "401");
+    let r = exchange(
+        gw.https,
+        &ca.ca(),
+        HOST,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {HOST}:{p}\r\nHost: {HOST}:{p}\r\nConnection: close\r\n\r\n",
+            p = gw.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(400));
+    let hostile = format!("/x%0a%22%7d%7b%22kind%22:%22admin%22/{}", "y".repeat(5000));
+    let (_, code, _) = run_with_timeout(
+        &mut curl(
+            &ca,
+            gw.port(),
+            &["-o", "/dev/null", "-w", "%{http_code}", &gw.url(&hostile)],
+        ),
+        30,
+    );
+    // Encoded control characters in a path are refused outright (and recorded).
+    assert_eq!(code, "400");
+
+    let status = gw.stop(30);
+    assert!(status.success(), "{}", gw.log());
+
+    // The log verifies, signatures included.
+    let dir = gw.audit_dir();
+    let (ok, out) = verify(&dir, &gw.audit_key());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("OK:") && out.contains("signatures checked"),
+        "{out}"
+    );
+
+    let all = records(&dir);
+    assert_eq!(all.first().unwrap().kind, "config_reload", "{:#?}", all[0]);
+    assert_eq!(all.last().unwrap().kind, "admin");
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1, "sequence numbers run without gaps");
+        assert_eq!(r.replica, "gw");
+        assert!(r.time.ends_with('Z') && r.time.len() == 27, "{}", r.time);
+    }
+
+    // Every outcome completes exactly one earlier request record, and every request that
+    // was forwarded has exactly one outcome.
+    for (i, o) in all.iter().enumerate().filter(|(_, r)| r.kind == "outcome") {
+        let reference = o.ref_id.as_deref().expect("outcome ref");
+        let req = all[..i]
+            .iter()
+            .find(|r| r.id == reference)
+            .unwrap_or_else(|| panic!("outcome {} names no earlier record", o.id));
+        assert_eq!(req.request_id, o.request_id);
+        assert!(
+            req.status.is_none(),
+            "a forwarded request's record is written before its status is known"
+        );
+    }
+    for req in all
+        .iter()
+        .filter(|r| r.kind == "request" && r.status.is_none())
+    {
+        let outcomes = all
+            .iter()
+            .filter(|o| o.ref_id.as_deref() == Some(req.id.as_str()))
+            .count();
+        assert_eq!(outcomes, 1, "request {} has {outcomes} outcomes", req.id);
+    }
+
+    // The allowed push: alice, her groups, the ref and both SHAs; then its outcome.
+    let push = the(&all, "the feature push", |r| {
+        git_push_of(r, "refs/heads/feature")
+    });
+    let id = push.identity.as_ref().expect("identity");
+    assert_eq!(id.username.as_deref(), Some("alice"));
+    assert_eq!(id.groups, ["engineering"]);
+    assert_eq!(id.method, "bearer");
+    assert_eq!(id.issuer.as_deref(), Some(provider.issuer.as_str()));
+    let action = push.action.as_ref().unwrap();
+    assert_eq!(action.repository.as_deref(), Some("platform/app"));
+    assert_eq!(action.refs[0].kind, "create");
+    assert_eq!(action.refs[0].new.len(), 40);
+    let d = push.decision.as_ref().unwrap();
+    assert_eq!(
+        (d.effect.as_str(), d.rule.as_deref()),
+        ("allow", Some("write-code"))
+    );
+    assert_eq!(push.route.as_deref(), Some("gogs"));
+    assert_eq!(push.method.as_deref(), Some("POST"));
+    assert_eq!(
+        push.path.as_deref(),
+        Some("/platform/app.git/git-receive-pack")
+    );
+    let outcome = the(&all, "the feature push outcome", |r| {
+        r.ref_id.as_deref() == Some(push.id.as_str())
+    });
+    assert_eq!(outcome.status, Some(200));
+    assert!(
+        outcome.bytes_in.unwrap() > 0 && outcome.bytes_out.unwrap() > 0,
+        "{outcome:#?}"
+    );
+    assert!(outcome.duration_us.is_some());
+
+    // The refused push: one record, the rule, the reason, the status git got.
+    let refused = the(&all, "the push to main", |r| {
+        git_push_of(r, "refs/heads/main")
+    });
+    let d = refused.decision.as_ref().unwrap();
+    assert_eq!(
+        (d.effect.as_str(), d.rule.as_deref()),
+        ("deny", Some("protect-main"))
+    );
+    assert_eq!(
+        refused.status,
+        Some(200),
+        "git reads refusals from a 200 report"
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.ref_id.as_deref() != Some(refused.id.as_str()))
+    );
+
+    // Fetches were recorded as such.
+    assert!(all.iter().any(|r| {
+        r.action
+            .as_ref()
+            .is_some_and(|a| a.kind.as_deref() == Some("git_fetch"))
+            && r.decision
+                .as_ref()
+                .is_some_and(|d| d.rule.as_deref() == Some("read-code"))
+    }));
+
+    // OTLP: the decision was on disk before the upstream saw the request.
+    let seen = seen_before_forwarding.lock().unwrap().clone();
+    assert_eq!(seen, [("audit-test-otlp-1".to_string(), true)]);
+    let traces = the(&all, "the allowed export", |r| {
+        r.kind == "request" && r.request_id.as_deref() == Some("audit-test-otlp-1")
+    });
+    let id = traces.identity.as_ref().unwrap();
+    assert_eq!(id.client_id.as_deref(), Some(CI_CLIENT));
+    let action = traces.action.as_ref().unwrap();
+    assert_eq!(action.kind.as_deref(), Some("otlp_traces"));
+    assert_eq!(action.services, ["checkout"]);
+    assert_eq!(
+        traces.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let source = traces.source.as_ref().unwrap();
+    assert!(source.addr.starts_with("127.0.0.1:") && source.trusted_proxy);
+    let denied = the(&all, "the refused export", |r| {
+        r.request_id.as_deref() == Some("audit-test-otlp-2")
+    });
+    assert_eq!(denied.status, Some(403));
+    assert_eq!(denied.decision.as_ref().unwrap().effect, "deny");
+    assert!(
+        denied
+            .decision
+            .as_ref()
+            .unwrap()
+            .reasons
+            .iter()
+            .any(|r| r.contains("billing")),
+        "{denied:#?}"
+    );
+
+    // No credentials, a forged credential, a malformed request.
+    let anonymous = the(&all, "the anonymous API call", |r| {
+        r.path.as_deref() == Some("/api/v1/user") && r.kind == "request"
+    });
+    assert_eq!(anonymous.status, Some(401));
+    assert!(anonymous.identity.is_none());
+    assert!(anonymous.decision.as_ref().unwrap().reasons[0].contains("no credentials"));
+    let forged = the(&all, "the forged token", |r| r.kind == "token_rejected");
+    assert_eq!(forged.status, Some(401));
+    assert_eq!(forged.path.as_deref(), Some("/api/v1/user"));
+    let bad = the(&all, "the malformed request", |r| {
+        r.status == Some(400) && r.path.as_deref() == Some("/")
+    });
+    assert!(
+        bad.decision.as_ref().unwrap().reasons[0].contains("more than one Host"),
+        "{bad:#?}"
+    );
+    assert!(bad.identity.is_none() && bad.route.is_none());
+
+    // A hostile path stays inside its field, capped and marked.
+    let long = the(&all, "the hostile path", |r| {
+        r.path.as_deref().is_some_and(|p| p.starts_with("/x%0a"))
+    });
+    assert!(long.truncated.contains(&"path".to_string()), "{long:#?}");
+    assert_eq!(long.status, Some(400));
+    assert!(long.path.as_ref().unwrap().len() <= 2048 + 3);
+
+    // No secret reached the log.
+    let text = all_text(&dir);
+    for secret in [
+        alice.as_str(),
+        ci.as_str(),
+        BROKER_TOKEN,
+        LIGHTSTEP_TOKEN,
+        provider.ci_secret.as_str(),
+    ] {
+        assert!(!text.contains(secret), "a secret is in the audit log");
+    }
+
+    // The last checkpoint was written at shutdown and covers the last record.
+    let checkpoints: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".checkpoints"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let last: serde_json::Value =
+        serde_json::from_str(checkpoints.lines().last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "shutdown");
+    assert_eq!(last["seq"], all.len() as u64);
+}

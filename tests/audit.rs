@@ -7,6 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gatehouse::audit::Record;
 use support::oidc::{CI_CLIENT, CLI_CLIENT, OidcProvider, PASSWORD};
@@ -55,7 +56,12 @@ fn records(dir: &Path) -> Vec<Record> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
+        let n = text.lines().count();
         for (i, line) in text.lines().enumerate() {
+            if i + 1 == n && !text.ends_with('\n') {
+                // A record cut short by a crash: not a record.
+                continue;
+            }
             let r: Record = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}:{}: {e}: {line}", f.display(), i + 1));
             out.push(r);
@@ -498,4 +504,365 @@ async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifi
         serde_json::from_str(checkpoints.lines().last().unwrap()).unwrap();
     assert_eq!(last["reason"], "shutdown");
     assert_eq!(last["seq"], all.len() as u64);
+}
+
+/// A small tmpfs, so the audit log can really run out of space. Unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+fn as_root(args: &[&str]) -> (bool, String) {
+    let root = real_uid() == 0;
+    let mut cmd = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-n").arg(args[0]);
+        c
+    };
+    cmd.args(&args[1..]);
+    let (ok, out, err) = run_with_timeout(&mut cmd, 30);
+    (ok, format!("{out}{err}"))
+}
+
+/// The real user id, from /proc (no libc dependency).
+fn real_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        let (ok, out) = as_root(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0777"),
+            "tmpfs",
+            &path,
+        ]);
+        assert!(
+            ok,
+            "this test needs a small tmpfs (root, or passwordless sudo, to mount it): {out}"
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system; returns the filler to delete later.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let path = self.dir.path().display().to_string();
+        let _ = as_root(&["umount", "-l", &path]);
+    }
+}
+
+fn status_of(ca: &DevCa, gw: &TestGateway, host: &str, path: &str) -> (String, String) {
+    let url = format!("https://{host}:{}{path}", gw.port());
+    let (_, out, err) = run_with_timeout(
+        &mut curl(ca, gw.port(), &["-w", "\n%{http_code}", &url]),
+        30,
+    );
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), format!("{body}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_what_requires_audit_and_recovers_by_itself() {
+    let ca = DevCa::new();
+    let fs = Tmpfs::mount("256k");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("audit.pem");
+    support::gateway::write_audit_key(&key);
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let mut gw = GatewayBuilder::new()
+        .toml(&format!(
+            "[audit]\ndir = {:?}\nreplica = \"gw\"\nsigning_key_file = {:?}\nfsync = \"always\"\n",
+            fs.path().display().to_string(),
+            key.display().to_string()
+        ))
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .route(
+            "status",
+            "plain",
+            &["other.example.test"],
+            &up.url(),
+            "audit = \"best_effort\"",
+        )
+        .start(&ca);
+    assert_eq!(status_of(&ca, &gw, HOST, "/before").0, "200");
+    let filler = fs.fill();
+
+    // Appends may still land in the last allocated page for a few records; then they fail.
+    let mut refused = None;
+    for i in 0..200 {
+        let (code, body) = status_of(&ca, &gw, HOST, &format!("/full-{i}"));
+        if code == "503" {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(code, "200", "{body}");
+    }
+    let body = refused.unwrap_or_else(|| panic!("never refused:\n{}", gw.log()));
+    assert!(body.contains("audit log cannot be written"), "{body}");
+    let forwarded = up.requests().len();
+    for i in 0..5 {
+        let (code, body) = status_of(&ca, &gw, HOST, &format!("/still-full-{i}"));
+        assert_eq!(code, "503", "{body}");
+    }
+    assert_eq!(
+        up.requests().len(),
+        forwarded,
+        "a request was forwarded unrecorded"
+    );
+    // A best-effort route keeps working; its records wait in memory.
+    assert_eq!(
+        status_of(&ca, &gw, "other.example.test", "/best-effort").0,
+        "200"
+    );
+    assert_eq!(up.requests().len(), forwarded + 1);
+    assert_eq!(gw.metric("gatehouse_audit_healthy"), 0.0);
+    assert!(gw.metric("gatehouse_audit_refused_requests_total") >= 6.0);
+    assert!(gw.metric("gatehouse_audit_write_errors_total") >= 1.0);
+    assert!(
+        gw.log().contains("audit log cannot be written"),
+        "{}",
+        gw.log()
+    );
+
+    // Room again: the gateway recovers without a restart.
+    std::fs::remove_file(filler).unwrap();
+    gw.eventually(10, "requests forwarded again", || {
+        status_of(&ca, &gw, HOST, "/after").0 == "200"
+    });
+    assert_eq!(gw.metric("gatehouse_audit_healthy"), 1.0);
+    assert_eq!(gw.metric("gatehouse_audit_records_lost_total"), 0.0);
+    assert!(gw.log().contains("audit log writable again"));
+    assert!(gw.stop(30).success(), "{}", gw.log());
+
+    // Nothing lost: the refusals and the best-effort request are on record, and it verifies.
+    let (ok, out) = verify(fs.path(), &key);
+    assert!(ok, "{out}");
+    let all = records(fs.path());
+    let refusals: Vec<&Record> = all.iter().filter(|r| r.status == Some(503)).collect();
+    assert!(refusals.len() >= 6, "{refusals:#?}");
+    for r in &refusals {
+        let d = r.decision.as_ref().unwrap();
+        assert_eq!(d.effect, "deny");
+        assert!(d.reasons[0].contains("audit log unavailable"), "{r:#?}");
+        assert_eq!(r.route.as_deref(), Some("web"));
+    }
+    assert!(
+        all.iter()
+            .any(|r| r.path.as_deref() == Some("/best-effort") && r.kind == "request")
+    );
+    assert!(all.iter().any(|r| r.path.as_deref() == Some("/after")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_stream_leaves_a_log_that_verifies_and_the_chain_continues() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let ca = DevCa::new();
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let mut gw = GatewayBuilder::new()
+        .audit("fsync = \"never\"")
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .start(&ca);
+    let dir = gw.audit_dir();
+    let key = gw.audit_key();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for t in 0..8 {
+        let (stop, answered, ca_file, addr) = (stop.clone(), answered.clone(), ca.ca(), gw.https);
+        let port = gw.port();
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let req = format!(
+                    "GET /load/{t}/{i} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
+                );
+                let r = support::raw::try_exchange(addr, &ca_file, HOST, req.as_bytes()).await;
+                if r.is_some_and(|r| r.status() == Some(200)) {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.signal("KILL");
+    gw.wait(10);
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let answered = answered.load(Ordering::Relaxed);
+    assert!(answered > 20, "only {answered} requests before the kill");
+
+    // Whatever the kernel had is a valid chain (no shutdown checkpoint: the process was killed).
+    let (ok, out) = verify(&dir, &key);
+    assert!(ok, "{out}");
+    let before = records(&dir);
+    assert!(
+        before.len() >= answered,
+        "{} records for {answered} answered requests",
+        before.len()
+    );
+
+    // A power loss can also tear the last write: cut a record in half at the end.
+    let newest = newest_log(&dir);
+    let torn = r#"{"time":"2026-11-26T00:00:00.000000Z","id":"torn","seq":999999,"replica":"gw","kind":"requ"#;
+    append(&newest, torn);
+    let (ok, out) = verify(&dir, &key);
+    assert!(ok, "{out}");
+    assert!(out.contains("partial record at the end"), "{out}");
+
+    // Restarted on the same directory, the gateway continues the chain from the last
+    // complete record, in a new file.
+    let mut gw2 = GatewayBuilder::new()
+        .toml(&format!(
+            "[audit]\ndir = {:?}\nreplica = \"gw\"\nsigning_key_file = {:?}\n",
+            dir.display().to_string(),
+            key.display().to_string()
+        ))
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .start(&ca);
+    for i in 0..3 {
+        assert_eq!(
+            status_of(&ca, &gw2, HOST, &format!("/after-restart/{i}")).0,
+            "200"
+        );
+    }
+    assert!(gw2.stop(30).success(), "{}", gw2.log());
+    assert_ne!(
+        newest_log(&dir),
+        newest,
+        "the restarted gateway writes a new file"
+    );
+    let (ok, out) = verify(&dir, &key);
+    assert!(ok, "{out}");
+    assert!(out.contains("partial record at the end"), "{out}");
+    let after = records(&dir);
+    let last_before = before.last().unwrap();
+    let first_new = &after[before.len()];
+    assert_eq!(first_new.seq, last_before.seq + 1);
+    assert_eq!(first_new.prev, last_before.hash);
+    assert!(
+        after
+            .iter()
+            .any(|r| r.path.as_deref() == Some("/after-restart/2"))
+    );
+}
+
+fn newest_log(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files.pop().expect("a log file")
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_configuration_reloads_are_recorded_with_what_is_in_force() {
+    let ca = DevCa::new();
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let policies = tempfile::tempdir().unwrap();
+    let good = "rules:\n  - id: anyone\n    route: web\n    roles: [\"*\"]\n";
+    std::fs::write(policies.path().join("p.yaml"), good).unwrap();
+    let mut gw = GatewayBuilder::new()
+        .toml(&format!(
+            "[policy]\ndir = {:?}\n",
+            policies.path().display().to_string()
+        ))
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .start(&ca);
+    let dir = gw.audit_dir();
+    let reloads = |dir: &Path| -> Vec<Record> {
+        records(dir)
+            .into_iter()
+            .filter(|r| r.kind == "policy_reload" || r.kind == "config_reload")
+            .collect()
+    };
+    gw.eventually(10, "the start record", || reloads(&dir).len() == 1);
+    let start = reloads(&dir)[0].detail.clone().unwrap();
+    assert!(
+        start.contains("started") && start.contains("1 rules from p.yaml (sha256 "),
+        "{start}"
+    );
+
+    // A broken edit is refused, and the record says which policy stays in force.
+    std::fs::write(
+        policies.path().join("p.yaml"),
+        "rules: [ {id: x, route: nowhere",
+    )
+    .unwrap();
+    gw.eventually(10, "the failed reload record", || reloads(&dir).len() == 2);
+    let failed = reloads(&dir)[1].detail.clone().unwrap();
+    assert!(
+        failed.contains("policy reload failed; the policy in force stays"),
+        "{failed}"
+    );
+    let digest = start.split("sha256 ").nth(1).unwrap().trim_end_matches(')');
+    assert!(failed.contains(digest), "{failed} does not name {digest}");
+
+    std::fs::write(
+        policies.path().join("p.yaml"),
+        format!("{good}  - id: second\n    route: web\n    roles: [\"*\"]\n"),
+    )
+    .unwrap();
+    gw.eventually(10, "the reload record", || reloads(&dir).len() == 3);
+    let ok = reloads(&dir)[2].detail.clone().unwrap();
+    assert!(ok.contains("policy reloaded: 2 rules from p.yaml"), "{ok}");
+    assert!(!ok.contains(digest));
+
+    // A configuration that does not load is recorded too.
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        config.replace("[[routes]]", "[[routes]]\nbogus = 1"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.eventually(10, "the failed config reload record", || {
+        reloads(&dir).iter().any(|r| {
+            r.kind == "config_reload" && r.detail.as_deref().is_some_and(|d| d.contains("failed"))
+        })
+    });
+    assert!(gw.stop(30).success());
+    let (ok, out) = verify(&dir, &gw.audit_key());
+    assert!(ok, "{out}");
 }

@@ -161,3 +161,18 @@ pub async fn try_connect(
         Ok(Ok(s)) => Ok(s),
     }
 }
+
+/// Like [`exchange`], but `None` when the gateway cannot be reached or the write fails (a
+/// gateway that is being killed).
+#[allow(dead_code)]
+pub async fn try_exchange(
+    addr: SocketAddr,
+    ca: &Path,
+    sni: &str,
+    bytes: &[u8],
+) -> Option<Response> {
+    let mut s = try_connect(addr, ca, sni).await.ok()?;
+    s.write_all(bytes).await.ok()?;
+    s.flush().await.ok()?;
+    Some(read_response(&mut s, Duration::from_secs(3)).await)
+}

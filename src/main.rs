@@ -121,6 +121,28 @@ enum AuditCommand {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 enum PolicyCommand {
+    /// Replay the policy decisions of an audit log under OLD and NEW policy directories and
+    /// show every decision that would change, grouped and counted.
+    Diff {
+        /// The policy directory in force (e.g. a checkout of the main branch).
+        old: PathBuf,
+        /// The proposed policy directory.
+        new: PathBuf,
+        /// Audit directories to replay (repeatable).
+        #[arg(long = "audit", required = true)]
+        audit: Vec<PathBuf>,
+        /// Configuration file (routes are checked against it).
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Exit 1 when any decision would change (for CI on policy pull requests).
+        #[arg(long)]
+        fail_on_change: bool,
+    },
     /// Run the cases in DIR/tests/*.yaml against the policy in DIR; exit 1 on any failure.
     Test {
         /// Policy directory (default: the one the configuration names).
@@ -383,6 +405,34 @@ fn policy_dir(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> 
 fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     use gatehouse::policy::{self, testing};
     match command {
+        PolicyCommand::Diff {
+            old,
+            new,
+            audit,
+            config,
+            fail_on_change,
+        } => {
+            let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let routes = policy::compile::known_routes(&config);
+            let load = |dir: &std::path::Path| policy::load_dir(dir, &routes);
+            let (old_policy, new_policy) = match (load(&old), load(&new)) {
+                (Ok(o), Ok(n)) => (o, n),
+                (o, n) => {
+                    for e in [o.err(), n.err()].into_iter().flatten() {
+                        eprintln!("{e}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let records = policy::diff::read_records(&audit).context("reading the audit log")?;
+            let report = policy::diff::replay(&old_policy, &new_policy, records);
+            print!("{}", report.render());
+            Ok(if fail_on_change && report.changed() > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         PolicyCommand::Test { dir, config } => {
             let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let dir = policy_dir(&config, dir)?;

@@ -493,6 +493,44 @@ async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifi
         assert!(!text.contains(secret), "a secret is in the audit log");
     }
 
+    // `policy diff` replays these decisions: a rule protecting feature branches would have
+    // refused alice's push, and nothing else; OLD is exactly what was in force.
+    let proposed = tempfile::tempdir().unwrap();
+    std::fs::write(
+        proposed.path().join("policy.yaml"),
+        format!(
+            "{POLICY}  - id: protect-features\n    route: gogs\n    effect: deny\n    roles: [\"*\"]\n    git: {{ actions: [push], refs: [\"refs/heads/feature*\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["policy", "diff"])
+            .arg(secrets.path("policies"))
+            .arg(proposed.path())
+            .arg("--audit")
+            .arg(&dir)
+            .arg("--config")
+            .arg(&gw.config)
+            .arg("--fail-on-change"),
+        60,
+    );
+    assert!(
+        !ok,
+        "--fail-on-change must fail when decisions change:\n{out}{err}"
+    );
+    assert!(
+        out.contains("alice [engineering]")
+            && out.contains("git push platform/app refs/heads/feature")
+            && out.contains("allow (write-code) -> deny (protect-features)"),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("1 would change (1 allow -> deny, 0 deny -> allow"),
+        "{out}"
+    );
+    assert!(!out.contains("OLD is not"), "{out}");
+
     // The last checkpoint was written at shutdown and covers the last record.
     let checkpoints: String = std::fs::read_dir(&dir)
         .unwrap()

@@ -130,6 +130,10 @@ pub struct AuditDecision {
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// The policy that decided (first 16 hex digits of its digest); absent when the gateway
+    /// decided without the policy (public routes, refused credentials, malformed requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// One line of the audit log. Field order is the order on disk; `prev` and `hash` come last.

@@ -199,9 +199,10 @@ pub struct CompiledPolicy {
     pub routes: HashMap<String, RouteRules>,
     pub files: Vec<PathBuf>,
     pub rule_count: usize,
-    /// SHA-256 over the policy files' names and contents: which policy was in force, for
-    /// the audit log.
+    /// SHA-256 over the policy files' names and contents: which policy was in force.
     pub digest: String,
+    /// The digest's first 16 hex digits, stamped on every policy decision in the audit log.
+    pub version: std::sync::Arc<str>,
 }
 
 pub const METHODS: [&str; 9] = [
@@ -451,6 +452,7 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
         files: loaded.iter().map(|l| l.path.clone()).collect(),
         rule_count: count,
         digest: String::new(),
+        version: std::sync::Arc::from(""),
     })
 }
 

@@ -6,6 +6,7 @@
 //! force. See `policies/README.md` for the language.
 
 pub mod compile;
+pub mod diff;
 pub mod evaluate;
 pub mod explain;
 pub mod file;
@@ -126,6 +127,7 @@ pub fn load_dir(dir: &Path, routes: &[RouteInfo]) -> Result<CompiledPolicy, Poli
     }
     let mut compiled = compile::compile(&loaded, routes).map_err(PolicyError::Invalid)?;
     compiled.digest = crate::audit::chain::hex(digest.finish().as_ref());
+    compiled.version = Arc::from(&compiled.digest[..16]);
     Ok(compiled)
 }
 

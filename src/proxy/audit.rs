@@ -95,29 +95,35 @@ impl Draft {
         self.action = action(request, &mut self.truncated);
     }
 
-    pub fn decided(&mut self, decision: &Decision) {
+    /// A decision of the policy (`policy` is its version).
+    pub fn decided(&mut self, decision: &Decision, policy: &str) {
         let t = &mut self.truncated;
         self.decision = Some(AuditDecision {
             effect: decision.effect().to_string(),
             rule: decision.rule.as_deref().map(str::to_string),
             reasons: cap_list(&decision.reasons, "decision.reasons", t),
+            policy: Some(if policy.is_empty() { "none" } else { policy }.to_string()),
         });
     }
 
+    /// The gateway let the request through without consulting the policy.
     pub fn allow(&mut self, reason: &str) {
         self.decision = Some(AuditDecision {
             effect: "allow".into(),
             rule: None,
             reasons: vec![reason.to_string()],
+            policy: None,
         });
     }
 
+    /// The gateway refused the request before (or instead of) consulting the policy.
     pub fn deny(&mut self, reason: &str) {
         let reason = cap(reason, "decision.reasons", &mut self.truncated);
         self.decision = Some(AuditDecision {
             effect: "deny".into(),
             rule: None,
             reasons: vec![reason],
+            policy: None,
         });
     }
 }

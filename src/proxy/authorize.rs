@@ -42,12 +42,15 @@ pub enum Verdict {
         inbound: Inbound,
         request: PolicyRequest,
         decision: Option<Decision>,
+        /// The version of the policy that decided.
+        policy: Arc<str>,
     },
     /// The gateway answers (the request was refused).
     Refused {
         response: Box<Response<ResponseBody>>,
         request: PolicyRequest,
         decision: Decision,
+        policy: Arc<str>,
     },
 }
 
@@ -188,6 +191,7 @@ pub async fn authorize(
             inbound,
             request,
             decision: None,
+            policy: policy.version.clone(),
         });
     }
     let decision = policy::evaluate(
@@ -201,6 +205,7 @@ pub async fn authorize(
             inbound,
             request,
             decision: Some(decision),
+            policy: policy.version.clone(),
         });
     }
     tracing::info!(route = %rc.name, rule = decision.rule.as_deref().unwrap_or("-"), reasons = ?decision.reasons, "denied by policy");
@@ -209,6 +214,7 @@ pub async fn authorize(
         response: Box::new(response),
         request,
         decision,
+        policy: policy.version.clone(),
     })
 }
 

@@ -193,16 +193,7 @@ impl Gateway {
         let mut draft = audit::Draft::default();
 
         let outcome = self
-            .proxy(
-                req,
-                down,
-                &rt,
-                trusted,
-                &request_id,
-                &mut in_flight,
-                &arrival,
-                &mut draft,
-            )
+            .proxy(req, down, &rt, &mut in_flight, &arrival, &mut draft)
             .await;
         let (mut resp, route, failure) = match outcome {
             Ok((resp, route)) => (resp, route, None),
@@ -297,12 +288,11 @@ impl Gateway {
         req: Request<Incoming>,
         down: &Downstream,
         rt: &Runtime,
-        trusted: bool,
-        request_id: &HeaderValue,
         in_flight: &mut Option<InFlight>,
         arrival: &audit::Arrival<'_>,
         draft: &mut audit::Draft,
     ) -> Result<(Response<ResponseBody>, Option<Arc<Route>>), Failure> {
+        let (trusted, request_id) = (arrival.trusted, arrival.request_id);
         // Stage 1: framing. Violations seen below hyper close the connection.
         if let Some(why) = down.framing.violation() {
             return Err(ProxyError::Framing(why).into());
@@ -394,10 +384,11 @@ impl Gateway {
                 inbound,
                 request,
                 decision,
+                policy,
             }) => {
                 draft.request(&request);
                 match &decision {
-                    Some(d) => draft.decided(d),
+                    Some(d) => draft.decided(d, &policy),
                     None => draft.allow("public route"),
                 }
                 inbound
@@ -406,9 +397,10 @@ impl Gateway {
                 response,
                 request,
                 decision,
+                policy,
             }) => {
                 draft.request(&request);
-                draft.decided(&decision);
+                draft.decided(&decision, &policy);
                 return Ok((*response, Some(route)));
             }
             Err(error) => {

@@ -15,7 +15,7 @@ use http::{Method, Response, StatusCode};
 use super::AuthMethod;
 use super::bearer::Rejection;
 use super::session::SessionCodec;
-use crate::config::RouteConfig;
+use crate::config::RouteAuth;
 use crate::proxy::response::ResponseBody;
 
 #[derive(Debug)]
@@ -90,8 +90,7 @@ pub fn is_navigation(parts: &Parts) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
-pub fn unauthenticated(parts: &Parts, route: &RouteConfig, reason: &str) -> Challenge {
-    let auth = route.auth;
+pub fn unauthenticated(parts: &Parts, auth: RouteAuth, reason: &str) -> Challenge {
     let kind = if auth.session && is_navigation(parts) {
         ChallengeKind::Login {
             return_to: parts
@@ -117,11 +116,10 @@ pub fn unauthenticated(parts: &Parts, route: &RouteConfig, reason: &str) -> Chal
 
 pub fn invalid_credential(
     parts: &Parts,
-    route: &RouteConfig,
+    auth: RouteAuth,
     method: AuthMethod,
     rejection: &Rejection,
 ) -> Challenge {
-    let auth = route.auth;
     let reason = format!("{} credential refused: {rejection}", method.as_str());
     if *rejection == Rejection::KeysUnavailable {
         return Challenge {

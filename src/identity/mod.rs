@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use metrics::IdentityMetrics;
 
-use crate::config::{IdentityConfig, RouteConfig, SecretError};
+use crate::config::{IdentityConfig, RouteAuth, SecretError};
 use crate::proxy::client::ClientBuildError;
 use assertion::Assertion;
 use bearer::{BearerVerifier, Rejection};
@@ -197,24 +197,22 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         parts: &mut Parts,
-        route: &RouteConfig,
+        auth: RouteAuth,
         host: &str,
     ) -> Outcome {
-        let auth = route.auth;
         let authorization = parts.headers.remove(header::AUTHORIZATION);
         if let Some(value) = authorization {
-            return self.credential(&value, parts, route).await;
+            return self.credential(&value, parts, auth).await;
         }
         if auth.session
-            && let Some(outcome) = self.session(parts, route, host).await
+            && let Some(outcome) = self.session(parts, auth, host).await
         {
             return outcome;
         }
-        Outcome::Challenge(challenge::unauthenticated(parts, route, "no credentials"))
+        Outcome::Challenge(challenge::unauthenticated(parts, auth, "no credentials"))
     }
 
-    async fn credential(&self, value: &HeaderValue, parts: &Parts, route: &RouteConfig) -> Outcome {
-        let auth = route.auth;
+    async fn credential(&self, value: &HeaderValue, parts: &Parts, auth: RouteAuth) -> Outcome {
         let text = value.to_str().unwrap_or("");
         let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
         let (method, token) = if scheme.eq_ignore_ascii_case("bearer") && auth.bearer {
@@ -222,18 +220,18 @@ impl Authenticator {
         } else if scheme.eq_ignore_ascii_case("basic") && auth.basic {
             match basic_password(rest.trim()) {
                 Some(p) => (AuthMethod::Basic, p),
-                None => return self.reject(parts, route, AuthMethod::Basic, Rejection::Malformed),
+                None => return self.reject(parts, auth, AuthMethod::Basic, Rejection::Malformed),
             }
         } else {
             self.metrics.rejected("scheme");
             return Outcome::Challenge(challenge::unauthenticated(
                 parts,
-                route,
+                auth,
                 "authorization scheme not accepted on this route",
             ));
         };
         let Some(verifier) = &self.bearer else {
-            return self.reject(parts, route, method, Rejection::UntrustedIssuer);
+            return self.reject(parts, auth, method, Rejection::UntrustedIssuer);
         };
         match verifier.verify(&token).await {
             Ok(identity) => {
@@ -244,24 +242,24 @@ impl Authenticator {
                     set_cookies: Vec::new(),
                 })
             }
-            Err(r) => self.reject(parts, route, method, r),
+            Err(r) => self.reject(parts, auth, method, r),
         }
     }
 
     fn reject(
         &self,
         parts: &Parts,
-        route: &RouteConfig,
+        auth: RouteAuth,
         method: AuthMethod,
         r: Rejection,
     ) -> Outcome {
         self.metrics.rejected(r.label());
         tracing::info!(reason = %r, method = method.as_str(), "credential refused");
-        Outcome::Challenge(challenge::invalid_credential(parts, route, method, &r))
+        Outcome::Challenge(challenge::invalid_credential(parts, auth, method, &r))
     }
 
     /// The session, refreshed if due; `None` when there is none worth using.
-    async fn session(&self, parts: &Parts, route: &RouteConfig, host: &str) -> Option<Outcome> {
+    async fn session(&self, parts: &Parts, auth: RouteAuth, host: &str) -> Option<Outcome> {
         let codec = self.sessions.as_ref()?;
         let session = codec.read(&parts.headers, host)?;
         let now = session::now();
@@ -308,14 +306,14 @@ impl Authenticator {
                     Err(RefreshError::Refused(reason)) => {
                         tracing::info!(sub = %session.sub, %reason, "session refresh refused; signing in again");
                         let mut c =
-                            challenge::unauthenticated(parts, route, "session refresh refused");
+                            challenge::unauthenticated(parts, auth, "session refresh refused");
                         c.clear_session(codec);
                         Some(Outcome::Challenge(c))
                     }
                 }
             }
             Standing::Expired(why) => {
-                let mut c = challenge::unauthenticated(parts, route, why);
+                let mut c = challenge::unauthenticated(parts, auth, why);
                 c.clear_session(codec);
                 Some(Outcome::Challenge(c))
             }

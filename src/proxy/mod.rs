@@ -360,7 +360,7 @@ impl Gateway {
         } else {
             match rt
                 .identity
-                .authenticate(&mut parts, &route.config, ctx.host_str())
+                .authenticate(&mut parts, route.config.auth, ctx.host_str())
                 .await
             {
                 Outcome::Caller(c) => {

@@ -361,6 +361,32 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+    if let Some(audit) = &config.audit {
+        if let Some(key) = &audit.signing_key_file
+            && let Err(e) = gatehouse::audit::checkpoint::Signer::load(key)
+        {
+            eprintln!("{}: audit.signing_key_file: {e}", path.display());
+            ok = false;
+        }
+        if let Err(e) = writable_dir(&audit.dir) {
+            eprintln!(
+                "{}: audit.dir: {}: {e}",
+                path.display(),
+                audit.dir.display()
+            );
+            ok = false;
+        }
+        if let Some(mirror) = &audit.checkpoint_mirror_dir
+            && let Err(e) = writable_dir(mirror)
+        {
+            eprintln!(
+                "{}: audit.checkpoint_mirror_dir: {}: {e}",
+                path.display(),
+                mirror.display()
+            );
+            ok = false;
+        }
+    }
     if !ok {
         return ExitCode::FAILURE;
     }
@@ -390,6 +416,23 @@ fn check(path: &std::path::Path) -> ExitCode {
         plural(config.server.plaintext_listen.len()),
     );
     ExitCode::SUCCESS
+}
+
+/// Whether the gateway could write into `dir` (or create it): probed with a file it removes.
+fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(std::path::Path::new("."));
+    if !existing.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            existing.display()
+        )));
+    }
+    let probe = existing.join(format!(".gatehouse-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 fn policy_dir(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {

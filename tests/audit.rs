@@ -904,3 +904,56 @@ async fn policy_and_configuration_reloads_are_recorded_with_what_is_in_force() {
     let (ok, out) = verify(&dir, &gw.audit_key());
     assert!(ok, "{out}");
 }
+
+#[test]
+fn check_refuses_an_audit_key_that_is_not_ed25519_and_an_unwritable_dir() {
+    let ca = DevCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    let text = |key: &Path, audit: &Path| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n[audit]\ndir = {:?}\nsigning_key_file = {:?}\n[[routes]]\nname = \"web\"\nkind = \"plain\"\nhosts = [\"*\"]\nupstream = \"http://127.0.0.1:3000\"\npublic = true\n",
+            ca.cert().display().to_string(),
+            ca.key().display().to_string(),
+            audit.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let check = || {
+        run_with_timeout(
+            Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config),
+            30,
+        )
+    };
+    // The TLS key (ECDSA) is not an Ed25519 checkpoint key.
+    std::fs::write(&config, text(&ca.key(), &dir.path().join("audit"))).unwrap();
+    let (ok, _, err) = check();
+    assert!(!ok);
+    assert!(
+        err.contains("audit.signing_key_file") && err.contains("not an Ed25519 private key"),
+        "{err}"
+    );
+
+    let key = dir.path().join("audit.pem");
+    support::gateway::write_audit_key(&key);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    std::fs::write(&config, text(&key, &file.join("audit"))).unwrap();
+    let (ok, _, err) = check();
+    assert!(!ok);
+    assert!(
+        err.contains("audit.dir") && err.contains("is not a directory"),
+        "{err}"
+    );
+
+    std::fs::write(&config, text(&key, &dir.path().join("audit"))).unwrap();
+    let (ok, out, err) = check();
+    assert!(ok, "{out}{err}");
+    assert!(
+        !dir.path().join("audit").exists(),
+        "check must not create the audit directory"
+    );
+}

@@ -194,12 +194,7 @@ impl Authenticator {
 
     /// Decides who is calling `route`. Removes the credentials it consumed (the
     /// `Authorization` header) and the gateway's own cookies from the request.
-    pub async fn authenticate(
-        &self,
-        parts: &mut Parts,
-        auth: RouteAuth,
-        host: &str,
-    ) -> Outcome {
+    pub async fn authenticate(&self, parts: &mut Parts, auth: RouteAuth, host: &str) -> Outcome {
         let authorization = parts.headers.remove(header::AUTHORIZATION);
         if let Some(value) = authorization {
             return self.credential(&value, parts, auth).await;
@@ -246,13 +241,7 @@ impl Authenticator {
         }
     }
 
-    fn reject(
-        &self,
-        parts: &Parts,
-        auth: RouteAuth,
-        method: AuthMethod,
-        r: Rejection,
-    ) -> Outcome {
+    fn reject(&self, parts: &Parts, auth: RouteAuth, method: AuthMethod, r: Rejection) -> Outcome {
         self.metrics.rejected(r.label());
         tracing::info!(reason = %r, method = method.as_str(), "credential refused");
         Outcome::Challenge(challenge::invalid_credential(parts, auth, method, &r))

@@ -411,7 +411,7 @@ impl Gateway {
             }
         };
 
-        // The decision is on record before anything is forwarded.
+        // Stage 7: the decision is on record before anything is forwarded.
         let record = audit::record(draft, arrival, None);
         let record_id = record.id.clone();
         match route.config.audit {
@@ -519,7 +519,7 @@ fn request_host<'r>(
     Ok(host)
 }
 
-/// Stages 7 to 10: header hygiene, brokering, the upstream exchange, and the response.
+/// Stages 8 to 11: header hygiene, brokering, the upstream exchange, and the response.
 async fn forward(
     mut parts: Parts,
     inbound: authorize::Inbound,
@@ -530,7 +530,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let rc = &route.config;
 
-    // Stage 7: header hygiene. Any Upgrade header stops the HTTP/1 framing check; such a
+    // Stage 8: header hygiene. Any Upgrade header stops the HTTP/1 framing check; such a
     // connection is closed after the response unless it really switched protocols.
     let asked_upgrade = parts.headers.contains_key(header::UPGRADE);
     let intent = headers::strip_hop_by_hop(&mut parts.headers)?;
@@ -548,7 +548,7 @@ async fn forward(
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
-    // Stage 8: brokering: what this upstream is told about the caller, and with what credential.
+    // Stage 9: brokering: what this upstream is told about the caller, and with what credential.
     let sessions = ctx.rt.identity.sessions.as_deref();
     let mut gogs_surface = None;
     match (&route.broker, &caller) {
@@ -625,7 +625,7 @@ async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
 
-    // Stage 9: the upstream exchange, streamed, with the response timed from the end of the
+    // Stage 10: the upstream exchange, streamed, with the response timed from the end of the
     // upload.
     let authorize::Inbound {
         body: forward_body,
@@ -654,7 +654,7 @@ async fn forward(
         }
     };
 
-    // Stage 10: the response on its way back.
+    // Stage 11: the response on its way back.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = if switching {
         resp.extensions_mut().remove::<OnUpgrade>()

@@ -25,6 +25,15 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Lower-case hex of `bytes` into `out` (twice as long), without allocating.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
+    }
+}
+
 /// Replaces U+2028 and U+2029 (valid raw in JSON strings, but line breaks to some readers)
 /// with their `\u` escapes. They can only occur inside strings.
 fn escape_separators(json: &mut Vec<u8>) {
@@ -105,8 +114,9 @@ struct ChainFields<'a> {
     time: &'a str,
 }
 
-/// Checks a line's own hash and returns its chain fields. `line` excludes the newline.
-pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
+/// Checks a line's own hash (without parsing it) and returns the hash it carries, as hex.
+/// `line` excludes the newline.
+pub fn check_hash(line: &[u8]) -> Result<&[u8], LineError> {
     if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
         return Err(LineError::NoHash);
     }
@@ -118,10 +128,17 @@ pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&line[..cut]);
     ctx.update(b"}");
-    let actual = hex(ctx.finish().as_ref());
-    if actual.as_bytes() != claimed {
+    let mut actual = [0u8; 64];
+    hex_into(ctx.finish().as_ref(), &mut actual);
+    if actual != claimed {
         return Err(LineError::HashMismatch);
     }
+    Ok(claimed)
+}
+
+/// Checks a line's own hash and returns its chain fields. `line` excludes the newline.
+pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
+    check_hash(line)?;
     let fields: ChainFields<'_> =
         serde_json::from_slice(line).map_err(|e| LineError::Json(e.to_string()))?;
     Ok(Link {

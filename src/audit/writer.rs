@@ -362,11 +362,11 @@ impl Writer {
     }
 
     fn append(&mut self, records: Vec<(Box<Record>, Option<Ack>)>) {
-        if self.needs_rotation() {
-            if let Err(e) = self.rotate() {
-                self.fail(records, &format!("cannot open a new audit file: {e}"));
-                return;
-            }
+        if self.needs_rotation()
+            && let Err(e) = self.rotate()
+        {
+            self.fail(records, &format!("cannot open a new audit file: {e}"));
+            return;
         }
         let (seq0, prev0) = (self.seq, self.prev.clone());
         let mut buffer = Vec::with_capacity(records.len() * 512);
@@ -410,10 +410,10 @@ impl Writer {
             self.unsynced = 0;
             self.last_sync = Instant::now();
         }
-        if let FsyncPolicy::Batch { records: limit, .. } = self.cfg.fsync {
-            if self.unsynced >= limit {
-                self.sync();
-            }
+        if let FsyncPolicy::Batch { records: limit, .. } = self.cfg.fsync
+            && self.unsynced >= limit
+        {
+            self.sync();
         }
         if !self.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!("audit log writable again");
@@ -460,10 +460,11 @@ impl Writer {
     }
 
     fn on_tick(&mut self) {
-        if let FsyncPolicy::Batch { interval, .. } = self.cfg.fsync {
-            if self.unsynced > 0 && self.last_sync.elapsed() >= interval {
-                self.sync();
-            }
+        if let FsyncPolicy::Batch { interval, .. } = self.cfg.fsync
+            && self.unsynced > 0
+            && self.last_sync.elapsed() >= interval
+        {
+            self.sync();
         }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
@@ -479,11 +480,11 @@ impl Writer {
     }
 
     fn sync(&mut self) {
-        if let Some(f) = &self.file {
-            if f.sync_data().is_ok() {
-                self.unsynced = 0;
-                self.last_sync = Instant::now();
-            }
+        if let Some(f) = &self.file
+            && f.sync_data().is_ok()
+        {
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
         }
     }
 
@@ -514,11 +515,11 @@ impl Writer {
         };
         let name = format!("{}.checkpoints", self.file_name);
         let ok = append_synced(&self.file_path(&name), &line).is_ok();
-        if let Some(mirror) = &self.cfg.mirror {
-            if let Err(e) = append_synced(&mirror.join(&name), &line) {
-                tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
-                self.metrics.mirror_errors.inc();
-            }
+        if let Some(mirror) = &self.cfg.mirror
+            && let Err(e) = append_synced(&mirror.join(&name), &line)
+        {
+            tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
+            self.metrics.mirror_errors.inc();
         }
         if ok {
             self.checkpointed_seq = self.seq;

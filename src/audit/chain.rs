@@ -35,16 +35,19 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 }
 
 /// Replaces U+2028 and U+2029 (valid raw in JSON strings, but line breaks to some readers)
-/// with their `\u` escapes. They can only occur inside strings.
-fn escape_separators(json: &mut Vec<u8>) {
-    if !json
-        .windows(3)
-        .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
+/// in `json[from..]` with their `\u` escapes. They can only occur inside strings.
+fn escape_separators(json: &mut Vec<u8>, from: usize) {
+    // Both start with 0xE2; `contains` on bytes is a fast scan, and most lines have none.
+    if !json[from..].contains(&0xE2)
+        || !json[from..]
+            .windows(3)
+            .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
     {
         return;
     }
     let mut out = Vec::with_capacity(json.len() + 16);
-    let mut i = 0;
+    out.extend_from_slice(&json[..from]);
+    let mut i = from;
     while i < json.len() {
         if i + 2 < json.len()
             && json[i] == 0xE2
@@ -68,17 +71,30 @@ fn escape_separators(json: &mut Vec<u8>) {
 /// Serialises `record` (whose `seq` and `prev` are set) into its line, newline included, and
 /// returns the line and its hash.
 pub fn seal(record: &mut Record) -> (Vec<u8>, String) {
-    record.hash.clear();
-    let mut json = serde_json::to_vec(record).unwrap_or_default();
-    escape_separators(&mut json);
-    let hash = hex(digest::digest(&digest::SHA256, &json).as_ref());
-    // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
-    json.pop();
-    json.extend_from_slice(b",\"hash\":\"");
-    json.extend_from_slice(hash.as_bytes());
-    json.extend_from_slice(b"\"}\n");
+    let mut line = Vec::with_capacity(1024);
+    let hash = seal_into(record, &mut line);
     record.hash = hash.clone();
-    (json, hash)
+    (line, hash)
+}
+
+/// [`seal`] appending the line to `out` (the writer's batch buffer, so nothing is copied or
+/// allocated per record but the hash). `record.hash` is left empty. If the record cannot be
+/// serialised (it always can: plain strings and numbers), nothing is appended.
+pub fn seal_into(record: &mut Record, out: &mut Vec<u8>) -> String {
+    record.hash.clear();
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &*record).is_err() {
+        out.truncate(start);
+        return String::new();
+    }
+    escape_separators(out, start);
+    let hash = hex(digest::digest(&digest::SHA256, &out[start..]).as_ref());
+    // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
+    out.pop();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash
 }
 
 /// The chain fields of a line.

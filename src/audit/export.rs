@@ -388,8 +388,8 @@ pub enum ExportError {
     NotADirectory(PathBuf),
     #[error("no audit files (audit-*.jsonl) in {0}")]
     NoFiles(String),
-    #[error("{}:{line}: a line longer than {MAX_LINE} bytes: not an audit record", path.display())]
-    LineTooLong { path: PathBuf, line: u64 },
+    #[error("{}: a line longer than {MAX_LINE} bytes after byte {offset}: not an audit record", path.display())]
+    LineTooLong { path: PathBuf, offset: u64 },
     #[error("writing the export: {0}")]
     Write(std::io::Error),
     #[error("export worker stopped unexpectedly")]
@@ -443,10 +443,11 @@ pub fn export(
         let mut streams = Vec::with_capacity(plans.len());
         for plan in plans {
             let (order_tx, order_rx) = mpsc::sync_channel(IN_FLIGHT);
+            let (recycle_tx, recycle_rx) = mpsc::channel();
             let jobs = jobs_tx.clone();
             let files = plan.files.clone();
-            scope.spawn(move || read_files(&files, &jobs, &order_tx));
-            streams.push(Stream::new(plan, order_rx));
+            scope.spawn(move || read_files(&files, &jobs, &order_tx, &recycle_rx));
+            streams.push(Stream::new(plan, order_rx, recycle_tx));
         }
         drop(jobs_tx);
 
@@ -642,9 +643,9 @@ fn resume_from(
 /// Whole lines of one file.
 struct Chunk {
     file: usize,
-    /// Line number of the first line, from 1.
-    first_line: u64,
     data: Vec<u8>,
+    /// A buffer for the worker's output.
+    out: Vec<u8>,
     end_of_file: bool,
 }
 
@@ -699,11 +700,14 @@ struct Item {
     nums: Nums,
 }
 
-/// Reads one replica's files in chunks of whole lines and hands them to the workers.
+/// Reads one replica's files in chunks of whole lines and hands them to the workers. Buffers
+/// come back through `recycle` once written, so a long export does not keep asking the
+/// allocator (and the kernel) for fresh pages.
 fn read_files(
     files: &[PathBuf],
     jobs: &Sender<Job>,
     order: &SyncSender<Receiver<Result<Done, ExportError>>>,
+    recycle: &Receiver<(Vec<u8>, Vec<u8>)>,
 ) {
     let send = |result: Result<Chunk, ExportError>| -> bool {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -732,50 +736,58 @@ fn read_files(
             }
         };
         let mut carry: Vec<u8> = Vec::new();
-        let mut line = 1u64;
-        loop {
-            let mut data = std::mem::take(&mut carry);
-            data.reserve(CHUNK);
-            let n = match (&mut f).take(CHUNK as u64).read_to_end(&mut data) {
-                Ok(n) => n,
-                Err(e) => {
-                    send(Err(read_error(e)));
-                    return;
+        let mut offset = 0u64;
+        let mut eof = false;
+        while !eof {
+            let (mut data, out) = recycle.try_recv().unwrap_or_default();
+            data.clear();
+            data.extend_from_slice(&carry);
+            let kept = data.len();
+            // Fill up to CHUNK new bytes (or EOF).
+            data.resize(kept + CHUNK, 0);
+            let mut filled = kept;
+            while filled < data.len() {
+                match f.read(&mut data[filled..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        send(Err(read_error(e)));
+                        return;
+                    }
                 }
-            };
-            if n == 0 {
-                let chunk = Chunk {
-                    file,
-                    first_line: line,
-                    data,
-                    end_of_file: true,
-                };
-                if !send(Ok(chunk)) {
-                    return;
-                }
-                break;
             }
-            let Some(last_newline) = data.iter().rposition(|b| *b == b'\n') else {
-                if data.len() > MAX_LINE {
-                    send(Err(ExportError::LineTooLong {
-                        path: path.clone(),
-                        line,
-                    }));
-                    return;
+            data.truncate(filled);
+            carry.clear();
+            if !eof {
+                match data.iter().rposition(|b| *b == b'\n') {
+                    Some(last) => {
+                        carry.extend_from_slice(&data[last + 1..]);
+                        data.truncate(last + 1);
+                    }
+                    None if data.len() > MAX_LINE => {
+                        send(Err(ExportError::LineTooLong {
+                            path: path.clone(),
+                            offset,
+                        }));
+                        return;
+                    }
+                    None => {
+                        carry = data;
+                        continue;
+                    }
                 }
-                carry = data;
-                continue;
-            };
-            carry = data[last_newline + 1..].to_vec();
-            data.truncate(last_newline + 1);
-            let lines = data.iter().filter(|b| **b == b'\n').count() as u64;
+            }
+            offset += data.len() as u64;
             let chunk = Chunk {
                 file,
-                first_line: line,
                 data,
-                end_of_file: false,
+                out,
+                end_of_file: eof,
             };
-            line += lines;
             if !send(Ok(chunk)) {
                 return;
             }
@@ -912,19 +924,43 @@ fn hex64(s: &str) -> [u8; 64] {
     out
 }
 
+/// Position of the first `\n`, eight bytes at a time (lines are hundreds of bytes long).
+fn find_newline(hay: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = ONES * b'\n' as u64;
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b) ^ NL;
+        // A zero byte in `x` is a newline in `w`.
+        if (x.wrapping_sub(ONES) & !x & HIGHS) != 0 {
+            return w.iter().position(|c| *c == b'\n').map(|i| at + i);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|c| *c == b'\n')
+        .map(|i| at + i)
+}
+
 /// The workers' part: hash, parse, select and format every line of a chunk.
-fn process(chunk: Chunk, filter: &Filter, format: Format) -> Done {
+fn process(mut chunk: Chunk, filter: &Filter, format: Format) -> Done {
+    let mut out = std::mem::take(&mut chunk.out);
+    out.clear();
     let data = &chunk.data;
     let mut items = Vec::with_capacity(data.len() / 400 + 1);
-    let mut out = Vec::with_capacity(if format == Format::Csv {
-        data.len() + data.len() / 4
-    } else {
-        0
-    });
+    if format == Format::Csv {
+        out.reserve(data.len() + data.len() / 4);
+    }
     let mut scratch = String::new();
     let mut start = 0;
     while start < data.len() {
-        let (end, next, terminated) = match data[start..].iter().position(|b| *b == b'\n') {
+        let (end, next, terminated) = match find_newline(&data[start..]) {
             Some(i) => (start + i, start + i + 1, true),
             None => (data.len(), data.len(), false),
         };
@@ -978,7 +1014,12 @@ fn examine(
             return item;
         }
     }
-    let r: Line<'_> = match serde_json::from_slice(line) {
+    // One UTF-8 check for the whole line, so the parser need not check each string.
+    let Ok(line) = std::str::from_utf8(line) else {
+        item.bad = Some(Bad::Line(LineError::Json("not UTF-8".into())));
+        return item;
+    };
+    let r: Line<'_> = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => {
             item.bad = Some(Bad::Line(LineError::Json(e.to_string())));
@@ -1237,6 +1278,9 @@ fn csv_tail(out: &mut Vec<u8>, own: &Nums, outcome: Option<(&Nums, &[u8])>) {
 struct Stream {
     files: Vec<PathBuf>,
     results: Receiver<Receiver<Result<Done, ExportError>>>,
+    recycle: Sender<(Vec<u8>, Vec<u8>)>,
+    /// Lines of the current file before the current chunk.
+    line_base: u64,
     cur: Option<Done>,
     idx: usize,
     chunk_changed: bool,
@@ -1251,10 +1295,16 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(plan: Plan, results: Receiver<Receiver<Result<Done, ExportError>>>) -> Stream {
+    fn new(
+        plan: Plan,
+        results: Receiver<Receiver<Result<Done, ExportError>>>,
+        recycle: Sender<(Vec<u8>, Vec<u8>)>,
+    ) -> Stream {
         let mut s = Stream {
             files: plan.files,
             results,
+            recycle,
+            line_base: 0,
             cur: None,
             idx: 0,
             chunk_changed: false,
@@ -1307,10 +1357,12 @@ impl Stream {
             {
                 return Ok(true);
             }
-            if let Some(d) = self.cur.take()
-                && d.chunk.end_of_file
-            {
-                self.end_file(d.chunk.file);
+            if let Some(d) = self.cur.take() {
+                self.line_base += d.items.len() as u64;
+                if d.chunk.end_of_file {
+                    self.end_file(d.chunk.file);
+                }
+                let _ = self.recycle.send((d.chunk.data, d.out));
             }
             let Ok(next) = self.results.recv() else {
                 return Ok(false);
@@ -1318,6 +1370,7 @@ impl Stream {
             let done = next.recv().map_err(|_| ExportError::Worker)??;
             progress.bytes_done += done.chunk.data.len() as u64;
             if self.file != Some(done.chunk.file) {
+                self.line_base = 0;
                 self.begin_file(done.chunk.file, public_key, summary);
             }
             self.cur = Some(done);
@@ -1362,7 +1415,7 @@ impl Stream {
     /// Checks the current item's links; returns notes for the summary.
     fn check(&mut self, notes: &mut Vec<String>) {
         let Some(d) = &self.cur else { return };
-        let line = d.chunk.first_line + self.idx as u64;
+        let line = self.line_base + self.idx as u64 + 1;
         let file = d.chunk.file;
         let it = &d.items[self.idx];
         let item = Checked {
@@ -1584,8 +1637,8 @@ impl<'a> Sink<'a> {
     fn row_from(&mut self, time: i64, prefix: &[u8], own: Nums) -> Result<(), ExportError> {
         self.exported += 1;
         if self.pending.is_empty() {
+            self.out.write_all(prefix).map_err(ExportError::Write)?;
             self.scratch.clear();
-            self.scratch.extend_from_slice(prefix);
             csv_tail(&mut self.scratch, &own, None);
             return self
                 .out
@@ -1674,4 +1727,184 @@ fn reformat(line: &[u8]) -> Vec<u8> {
         csv_prefix(&r, &mut out, &mut String::new());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_take_rfc3339_or_a_date() {
+        assert_eq!(parse_time("2026-11-01"), Ok(1_793_491_200_000_000));
+        assert_eq!(
+            parse_time("2026-11-01T00:00:00Z"),
+            Ok(1_793_491_200_000_000)
+        );
+        assert_eq!(
+            parse_time("2026-11-01T01:00:00+01:00"),
+            Ok(1_793_491_200_000_000)
+        );
+        // Between two microseconds: the next one.
+        assert_eq!(
+            parse_time("2026-11-01T00:00:00.0000001Z"),
+            Ok(1_793_491_200_000_001)
+        );
+        let e = parse_time("01/11/2026").unwrap_err();
+        assert!(e.contains("RFC 3339") && e.contains("2026-11-01"), "{e}");
+    }
+
+    #[test]
+    fn queries_parse_with_precise_errors() {
+        let (f, format) = Filter::from_query(
+            "since=2026-11-01T00%3A00%3A00Z&until=2026-11-02&user=Alice%40example.com&route=gogs&decision=deny&kind=request,login&kind=outcome&format=jsonl",
+        )
+        .unwrap();
+        assert_eq!(format, Format::Jsonl);
+        assert_eq!(f.since, Some(1_793_491_200_000_000));
+        assert_eq!(f.until, Some(1_793_491_200_000_000 + 86_400_000_000));
+        assert_eq!(f.user.as_deref(), Some("Alice@example.com"));
+        assert_eq!(f.route.as_deref(), Some("gogs"));
+        assert_eq!(f.decision.as_deref(), Some("deny"));
+        assert_eq!(f.kinds, [Kind::Request, Kind::Login, Kind::Outcome]);
+        let (f, _) =
+            Filter::from_query("?since=2026-11-01&until=2026-11-02&format=csv&user=a+b").unwrap();
+        assert_eq!(f.user.as_deref(), Some("a b"));
+
+        for (q, want) in [
+            ("until=2026-11-02&format=csv", "since is required"),
+            ("since=2026-11-01&format=csv", "until is required"),
+            ("since=2026-11-01&until=2026-11-02", "format is required"),
+            (
+                "since=2026-11-02&until=2026-11-01&format=csv",
+                "since must be before until",
+            ),
+            (
+                "since=tomorrow&until=2026-11-02&format=csv",
+                "since: \"tomorrow\" is not a time",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=xml",
+                "format: \"xml\": expected csv or jsonl",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&decision=permit",
+                "decision: \"permit\": expected allow or deny",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&kind=push",
+                "kind: \"push\": expected one of",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&users=x",
+                "unknown parameter \"users\"",
+            ),
+            (
+                "since=2026-11-01&since=2026-11-01&until=2026-11-02&format=csv",
+                "since: given more than once",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&user=",
+                "user: empty value",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&user=%ZZ",
+                "user: bad percent escape",
+            ),
+            (
+                "since=2026-11-01&until=2026-11-02&format=csv&user=%FF",
+                "user: \"%FF\" does not decode to UTF-8",
+            ),
+        ] {
+            let e = Filter::from_query(q).unwrap_err();
+            assert!(e.contains(want), "{q}: {e}");
+        }
+    }
+
+    fn cells(values: &[&str]) -> String {
+        let mut out = Vec::new();
+        for v in values {
+            cell(&mut out, v);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_per_rfc4180_and_never_formulas() {
+        assert_eq!(cells(&["plain", ""]), "plain,,");
+        assert_eq!(cells(&["a,b"]), "\"a,b\",");
+        assert_eq!(cells(&["say \"hi\""]), "\"say \"\"hi\"\"\",");
+        assert_eq!(cells(&["two\nlines"]), "\"two\nlines\",");
+        assert_eq!(cells(&["=1+1"]), "'=1+1,");
+        assert_eq!(cells(&["+1", "-1", "@x"]), "'+1,'-1,'@x,");
+        assert_eq!(cells(&["\tx"]), "'\tx,");
+        assert_eq!(cells(&["\rx"]), "\"'\rx\",");
+        assert_eq!(cells(&["=a,b"]), "\"'=a,b\",");
+        assert_eq!(cells(&["x=1"]), "x=1,");
+    }
+
+    #[test]
+    fn list_items_escape_the_separator() {
+        let mut l = String::new();
+        for i in ["a", "b;c", "d\\e", ""] {
+            push_item(&mut l, i);
+        }
+        assert_eq!(l, "a;b\\;c;d\\\\e;");
+    }
+
+    #[test]
+    fn newlines_are_found_in_every_position() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut v = vec![b'x'; len];
+                if at < len {
+                    v[at] = b'\n';
+                }
+                let want = (at < len).then_some(at);
+                assert_eq!(find_newline(&v), want, "len {len} at {at}");
+            }
+        }
+        assert_eq!(find_newline(b"\xff\xfe\n"), Some(2));
+        assert_eq!(find_newline(b"\x0b\x09\x8a\x0a"), Some(3));
+    }
+
+    #[test]
+    fn the_summary_line_says_what_was_verified() {
+        let mut s = Summary {
+            exported: 12,
+            records: 40,
+            files: 3,
+            checkpoints: 4,
+            signatures_checked: true,
+            replicas: vec![
+                ReplicaSummary {
+                    name: "gw1".into(),
+                    first_seq: Some(1),
+                    last_seq: 30,
+                    ..Default::default()
+                },
+                ReplicaSummary {
+                    name: "gw2".into(),
+                    first_seq: Some(5),
+                    last_seq: 14,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(s.chain_ok());
+        assert_eq!(
+            s.to_string(),
+            "exported 12 of 40 records from 3 files (replicas gw1, gw2); chain verified: records 1..30 of gw1, records 5..14 of gw2; 4 checkpoints (signatures checked)"
+        );
+        s.replicas[1].problems = 2;
+        s.replicas[1].first_problem = Some(Problem {
+            file: "/a/audit-x-gw2.jsonl".into(),
+            line: 7,
+            why: "does not follow record 10".into(),
+        });
+        assert!(!s.chain_ok());
+        assert!(s.to_string().contains(
+            "chain BROKEN at /a/audit-x-gw2.jsonl:7: does not follow record 10 (and 1 more problem(s) in gw2)"
+        ));
+    }
 }

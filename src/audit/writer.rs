@@ -131,6 +131,7 @@ impl AuditLog {
             unsynced: 0,
             last_sync: Instant::now(),
             pending: VecDeque::new(),
+            buffer: Vec::new(),
             healthy,
             metrics,
         };
@@ -279,6 +280,8 @@ struct Writer {
     last_sync: Instant,
     /// Records nobody waits for, kept while the disk refuses writes.
     pending: VecDeque<Box<Record>>,
+    /// The batch being written, kept to reuse its allocation.
+    buffer: Vec<u8>,
     healthy: Arc<AtomicBool>,
     metrics: Arc<AuditMetrics>,
 }
@@ -361,7 +364,7 @@ impl Writer {
             || self.file_opened.elapsed() >= self.cfg.rotate_interval
     }
 
-    fn append(&mut self, records: Vec<(Box<Record>, Option<Ack>)>) {
+    fn append(&mut self, mut records: Vec<(Box<Record>, Option<Ack>)>) {
         if self.needs_rotation()
             && let Err(e) = self.rotate()
         {
@@ -369,17 +372,18 @@ impl Writer {
             return;
         }
         let (seq0, prev0) = (self.seq, self.prev.clone());
-        let mut buffer = Vec::with_capacity(records.len() * 512);
-        let mut kinds = Vec::with_capacity(records.len());
-        for (record, _) in &records {
-            let mut r = (**record).clone();
+        // The records are sealed in place (a failed batch is retried with new positions) into
+        // a buffer kept across batches.
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        for (record, _) in records.iter_mut() {
             self.seq += 1;
-            r.seq = self.seq;
-            r.prev = std::mem::take(&mut self.prev);
-            let (line, hash) = chain::seal(&mut r);
-            buffer.extend_from_slice(&line);
-            self.prev = hash;
-            kinds.push(r.kind);
+            record.seq = self.seq;
+            if record.replica.is_empty() {
+                record.replica.clone_from(&self.cfg.replica);
+            }
+            record.prev = std::mem::take(&mut self.prev);
+            self.prev = chain::seal_into(record, &mut buffer);
         }
         let written = match self.file.as_mut() {
             Some(f) => f.write_all(&buffer).and_then(|()| {
@@ -403,6 +407,7 @@ impl Writer {
             return;
         }
         self.file_len += buffer.len() as u64;
+        self.buffer = buffer;
         let n = records.len() as u64;
         self.unsynced += n;
         self.since_checkpoint += n;
@@ -419,8 +424,8 @@ impl Writer {
             tracing::info!("audit log writable again");
         }
         self.metrics.healthy.set(1);
-        for kind in &kinds {
-            self.metrics.record(kind);
+        for (record, _) in &records {
+            self.metrics.record(&record.kind);
         }
         for (_, ack) in records {
             if let Some(ack) = ack {

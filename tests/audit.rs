@@ -118,7 +118,7 @@ fn the<'a>(records: &'a [Record], what: &str, f: impl Fn(&Record) -> bool) -> &'
     found[0]
 }
 
-fn git_push_of<'a>(r: &'a Record, refname: &str) -> bool {
+fn git_push_of(r: &Record, refname: &str) -> bool {
     r.kind == "request"
         && r.action.as_ref().is_some_and(|a| {
             a.kind.as_deref() == Some("git_push") && a.refs.iter().any(|x| x.name == refname)

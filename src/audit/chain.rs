@@ -25,17 +25,29 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Lower-case hex of `bytes` into `out` (twice as long), without allocating.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
+    }
+}
+
 /// Replaces U+2028 and U+2029 (valid raw in JSON strings, but line breaks to some readers)
-/// with their `\u` escapes. They can only occur inside strings.
-fn escape_separators(json: &mut Vec<u8>) {
-    if !json
-        .windows(3)
-        .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
+/// in `json[from..]` with their `\u` escapes. They can only occur inside strings.
+fn escape_separators(json: &mut Vec<u8>, from: usize) {
+    // Both start with 0xE2; `contains` on bytes is a fast scan, and most lines have none.
+    if !json[from..].contains(&0xE2)
+        || !json[from..]
+            .windows(3)
+            .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
     {
         return;
     }
     let mut out = Vec::with_capacity(json.len() + 16);
-    let mut i = 0;
+    out.extend_from_slice(&json[..from]);
+    let mut i = from;
     while i < json.len() {
         if i + 2 < json.len()
             && json[i] == 0xE2
@@ -59,17 +71,30 @@ fn escape_separators(json: &mut Vec<u8>) {
 /// Serialises `record` (whose `seq` and `prev` are set) into its line, newline included, and
 /// returns the line and its hash.
 pub fn seal(record: &mut Record) -> (Vec<u8>, String) {
-    record.hash.clear();
-    let mut json = serde_json::to_vec(record).unwrap_or_default();
-    escape_separators(&mut json);
-    let hash = hex(digest::digest(&digest::SHA256, &json).as_ref());
-    // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
-    json.pop();
-    json.extend_from_slice(b",\"hash\":\"");
-    json.extend_from_slice(hash.as_bytes());
-    json.extend_from_slice(b"\"}\n");
+    let mut line = Vec::with_capacity(1024);
+    let hash = seal_into(record, &mut line);
     record.hash = hash.clone();
-    (json, hash)
+    (line, hash)
+}
+
+/// [`seal`] appending the line to `out` (the writer's batch buffer, so nothing is copied or
+/// allocated per record but the hash). `record.hash` is left empty. If the record cannot be
+/// serialised (it always can: plain strings and numbers), nothing is appended.
+pub fn seal_into(record: &mut Record, out: &mut Vec<u8>) -> String {
+    record.hash.clear();
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &*record).is_err() {
+        out.truncate(start);
+        return String::new();
+    }
+    escape_separators(out, start);
+    let hash = hex(digest::digest(&digest::SHA256, &out[start..]).as_ref());
+    // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
+    out.pop();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash
 }
 
 /// The chain fields of a line.
@@ -105,8 +130,9 @@ struct ChainFields<'a> {
     time: &'a str,
 }
 
-/// Checks a line's own hash and returns its chain fields. `line` excludes the newline.
-pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
+/// Checks a line's own hash (without parsing it) and returns the hash it carries, as hex.
+/// `line` excludes the newline.
+pub fn check_hash(line: &[u8]) -> Result<&[u8], LineError> {
     if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
         return Err(LineError::NoHash);
     }
@@ -118,10 +144,17 @@ pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&line[..cut]);
     ctx.update(b"}");
-    let actual = hex(ctx.finish().as_ref());
-    if actual.as_bytes() != claimed {
+    let mut actual = [0u8; 64];
+    hex_into(ctx.finish().as_ref(), &mut actual);
+    if actual != claimed {
         return Err(LineError::HashMismatch);
     }
+    Ok(claimed)
+}
+
+/// Checks a line's own hash and returns its chain fields. `line` excludes the newline.
+pub fn check_line(line: &[u8]) -> Result<Link, LineError> {
+    check_hash(line)?;
     let fields: ChainFields<'_> =
         serde_json::from_slice(line).map_err(|e| LineError::Json(e.to_string()))?;
     Ok(Link {

@@ -123,6 +123,8 @@ pub enum CheckpointError {
     Malformed(String),
     #[error("signature does not verify")]
     BadSignature,
+    #[error("not signed")]
+    Unsigned,
 }
 
 /// Parses a checkpoint line and, when `public` is given, verifies its signature.
@@ -134,7 +136,7 @@ pub fn check(line: &[u8], public: Option<&[u8]>) -> Result<Checkpoint, Checkpoin
         let at = line
             .windows(marker.len())
             .rposition(|w| w == marker)
-            .ok_or_else(|| CheckpointError::Malformed("no signature".into()))?;
+            .ok_or(CheckpointError::Unsigned)?;
         let mut unsigned = line[..at].to_vec();
         unsigned.push(b'}');
         let sig = STANDARD

@@ -10,6 +10,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod export;
 pub mod files;
 pub mod record;
 pub mod verify;

@@ -236,6 +236,68 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
     dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// Microseconds since the Unix epoch of a record's `time`. The writer's own format
+/// (`2026-11-01T12:00:00.123456Z`) is read without a date library, since export reads
+/// millions of them; any other RFC 3339 form goes through chrono.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() == 27
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[26] == b'Z'
+    {
+        let n = |from: usize, to: usize| -> Option<i64> {
+            b[from..to].iter().try_fold(0i64, |acc, c| {
+                c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+            })
+        };
+        return civil_micros(
+            n(0, 4)?,
+            n(5, 7)?,
+            n(8, 10)?,
+            n(11, 13)?,
+            n(14, 16)?,
+            n(17, 19)?,
+            n(20, 26)?,
+        );
+    }
+    let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    Some(dt.timestamp_micros())
+}
+
+/// Microseconds since the epoch of a UTC civil time (days from civil: H. Hinnant's algorithm).
+pub fn civil_micros(
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    micros: i64,
+) -> Option<i64> {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+        || micros > 999_999
+    {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +318,24 @@ mod tests {
     fn timestamps_are_utc_with_microseconds() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
         assert_eq!(timestamp(t), "2023-11-14T22:13:20.123456Z");
+    }
+
+    #[test]
+    fn timestamps_parse_back_to_the_same_instant() {
+        for us in [
+            0i64,
+            1_700_000_000_123_456,
+            951_782_400_000_000,
+            4_102_444_799_999_999,
+        ] {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us as u64);
+            assert_eq!(parse_timestamp(&timestamp(t)), Some(us), "{}", timestamp(t));
+        }
+        assert_eq!(
+            parse_timestamp("2023-11-14T23:13:20.123456+01:00"),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(parse_timestamp("2023-13-14T22:13:20.123456Z"), None);
+        assert_eq!(parse_timestamp("yesterday"), None);
     }
 }

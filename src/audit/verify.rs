@@ -3,9 +3,11 @@
 //! Each replica's files form one chain. A record must hash to its own `hash`, name the
 //! previous record's hash as `prev`, and carry the next sequence number; a checkpoint must be
 //! signed by the key given and name a record that exists with that hash. The first failure
-//! is reported with its file, line and reason. A final line cut short by a crash is reported
-//! as a partial tail and is not a failure; records after the last checkpoint are reported as
-//! not yet covered by a signature.
+//! is reported with its file, line and reason. A file's last line cut short by a crash (no
+//! newline, and not a complete record) is reported as a partial tail and is not a failure: the
+//! writer resumes the chain from the record before it, in a new file. Records after the last
+//! checkpoint are reported as not yet covered by a signature. Checkpoints in the mirror for
+//! files newer than the newest file present mean that newest files were removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -76,6 +78,9 @@ pub fn verify(
     for (replica, mut files) in by_replica {
         files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
         verify_chain(&replica, &files, public, mirror, &mut report)?;
+        if let Some(m) = mirror {
+            missing_newest(&replica, &files, m, public, &mut report)?;
+        }
     }
     if public.is_none() {
         report
@@ -104,7 +109,7 @@ fn verify_chain(
         started: false,
     };
     let mut last_signed: Option<u64> = None;
-    for path in files {
+    for (index, path) in files.iter().enumerate() {
         report.files += 1;
         // Checkpoints of this file, beside it and in the mirror.
         let mut wanted: HashMap<u64, (String, PathBuf)> = HashMap::new();
@@ -127,24 +132,37 @@ fn verify_chain(
                 }
             }
         }
-        let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
         let mut line_no = 0usize;
-        let mut lines = reader.split(b'\n').peekable();
         let mut file_last_seq = pos.seq;
-        while let Some(line) = lines.next() {
-            let line = line?;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
             line_no += 1;
-            let is_last = lines.peek().is_none();
-            let link = match chain::check_line(&line) {
+            // Only a file's last line can lack its newline: a write cut short.
+            let terminated = buf.last() == Some(&b'\n');
+            let line = if terminated {
+                &buf[..buf.len() - 1]
+            } else {
+                &buf[..]
+            };
+            let link = match chain::check_line(line) {
                 Ok(l) => l,
-                // A crash or power loss cut the last write short. The record was never
-                // complete; the chain goes on from the one before it (in the next file, when
-                // the gateway restarted), which the next link checks.
-                Err(_) if is_last && !line.ends_with(b"}") => {
-                    report.notes.push(format!("{}:{line_no}: partial record at the end (a write was cut short); everything before it verifies", path.display()));
+                Err(_) if !terminated => {
+                    let then = if index + 1 == files.len() {
+                        "everything before it verifies"
+                    } else {
+                        "the chain continues from the record before it in the next file"
+                    };
+                    report.notes.push(format!(
+                        "{}:{line_no}: partial record at the end (a write was cut short); {then}",
+                        path.display()
+                    ));
                     break;
                 }
-                Err(_) if is_last && line.is_empty() => break,
                 Err(e) => {
                     report.problems.push(Problem {
                         file: path.clone(),
@@ -178,19 +196,19 @@ fn verify_chain(
                     path.display()
                 ));
             }
-            if let Some((hash, cp_path)) = wanted.remove(&link.seq) {
-                if hash != link.hash {
-                    report.problems.push(Problem {
-                        file: path.clone(),
-                        line: line_no,
-                        why: format!(
-                            "record {} differs from the one signed in {}",
-                            link.seq,
-                            cp_path.display()
-                        ),
-                    });
-                    return Ok(());
-                }
+            if let Some((hash, cp_path)) = wanted.remove(&link.seq)
+                && hash != link.hash
+            {
+                report.problems.push(Problem {
+                    file: path.clone(),
+                    line: line_no,
+                    why: format!(
+                        "record {} differs from the one signed in {}",
+                        link.seq,
+                        cp_path.display()
+                    ),
+                });
+                return Ok(());
             }
             pos = Position {
                 seq: link.seq,
@@ -217,7 +235,66 @@ fn verify_chain(
     Ok(())
 }
 
-fn read_checkpoints(path: &Path, public: Option<&[u8]>) -> Result<Vec<Checkpoint>, Problem> {
+/// Checkpoints in the mirror for files of `replica` newer than its newest file: whole files
+/// were removed from the end (what the checkpoints beside the log cannot show, since they
+/// went with them).
+fn missing_newest(
+    replica: &str,
+    files: &[PathBuf],
+    mirror: &Path,
+    public: Option<&[u8]>,
+    report: &mut Report,
+) -> std::io::Result<()> {
+    let newest = files
+        .last()
+        .and_then(|f| f.file_name())
+        .map(|n| n.to_os_string());
+    let entries = match std::fs::read_dir(mirror) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut missing: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                return false;
+            };
+            let Some(log) = name.strip_suffix(".checkpoints") else {
+                return false;
+            };
+            replica_of(Path::new(log)) == Some(replica)
+                && newest
+                    .as_ref()
+                    .is_none_or(|n| std::ffi::OsStr::new(log) > n.as_os_str())
+        })
+        .collect();
+    missing.sort();
+    if let Some(cp_path) = missing.first() {
+        let signed = match read_checkpoints(cp_path, public) {
+            Ok(list) => list.iter().map(|c| c.seq).max(),
+            Err(p) => {
+                report.problems.push(p);
+                return Ok(());
+            }
+        };
+        let log = cp_path.with_extension("");
+        report.problems.push(Problem {
+            file: cp_path.clone(),
+            line: 0,
+            why: format!(
+                "{} is missing although the mirror holds its checkpoints{}: the newest file(s) were removed",
+                log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                signed.map(|s| format!(" (up to record {s})")).unwrap_or_default(),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads (and, with `public`, checks the signatures of) the checkpoints in `path`; a missing
+/// file has none.
+pub fn read_checkpoints(path: &Path, public: Option<&[u8]>) -> Result<Vec<Checkpoint>, Problem> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -139,6 +139,7 @@ impl AuditLog {
             unsynced: 0,
             last_sync: Instant::now(),
             pending: VecDeque::new(),
+            buffer: Vec::new(),
             healthy,
             metrics,
         };
@@ -311,6 +312,8 @@ struct Writer {
     last_sync: Instant,
     /// Records nobody waits for, kept while the disk refuses writes.
     pending: VecDeque<Box<Record>>,
+    /// The batch being written, kept to reuse its allocation.
+    buffer: Vec<u8>,
     healthy: Arc<AtomicBool>,
     metrics: Arc<AuditMetrics>,
 }
@@ -393,26 +396,24 @@ impl Writer {
             || self.file_opened.elapsed() >= self.cfg.rotate_interval
     }
 
-    fn append(&mut self, records: Vec<(Box<Record>, Option<Ack>)>) {
-        if self.needs_rotation() {
-            if let Err(e) = self.rotate() {
-                self.fail(records, &format!("cannot open a new audit file: {e}"));
-                return;
-            }
+    fn append(&mut self, mut records: Vec<(Box<Record>, Option<Ack>)>) {
+        if self.needs_rotation()
+            && let Err(e) = self.rotate()
+        {
+            self.fail(records, &format!("cannot open a new audit file: {e}"));
+            return;
         }
         let (seq0, prev0) = (self.seq, self.prev.clone());
-        let mut buffer = Vec::with_capacity(records.len() * 512);
-        let mut kinds = Vec::with_capacity(records.len());
-        for (record, _) in &records {
-            let mut r = (**record).clone();
+        // The records are sealed in place (a failed batch is retried with new positions) into
+        // a buffer kept across batches.
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        for (record, _) in records.iter_mut() {
             self.seq += 1;
-            r.seq = self.seq;
-            r.replica.clone_from(&self.cfg.replica);
-            r.prev = std::mem::take(&mut self.prev);
-            let (line, hash) = chain::seal(&mut r);
-            buffer.extend_from_slice(&line);
-            self.prev = hash;
-            kinds.push(r.kind);
+            record.seq = self.seq;
+            record.replica.clone_from(&self.cfg.replica);
+            record.prev = std::mem::take(&mut self.prev);
+            self.prev = chain::seal_into(record, &mut buffer);
         }
         let written = match self.file.as_mut() {
             Some(f) => f.write_all(&buffer).and_then(|()| {
@@ -436,6 +437,7 @@ impl Writer {
             return;
         }
         self.file_len += buffer.len() as u64;
+        self.buffer = buffer;
         let n = records.len() as u64;
         self.unsynced += n;
         self.since_checkpoint += n;
@@ -443,17 +445,17 @@ impl Writer {
             self.unsynced = 0;
             self.last_sync = Instant::now();
         }
-        if let FsyncPolicy::Batch { records: limit, .. } = self.cfg.fsync {
-            if self.unsynced >= limit {
-                self.sync();
-            }
+        if let FsyncPolicy::Batch { records: limit, .. } = self.cfg.fsync
+            && self.unsynced >= limit
+        {
+            self.sync();
         }
         if !self.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!("audit log writable again");
         }
         self.metrics.healthy.set(1);
-        for kind in &kinds {
-            self.metrics.record(kind);
+        for (record, _) in &records {
+            self.metrics.record(&record.kind);
         }
         for (_, ack) in records {
             if let Some(ack) = ack {
@@ -496,10 +498,11 @@ impl Writer {
     }
 
     fn on_tick(&mut self) {
-        if let FsyncPolicy::Batch { interval, .. } = self.cfg.fsync {
-            if self.unsynced > 0 && self.last_sync.elapsed() >= interval {
-                self.sync();
-            }
+        if let FsyncPolicy::Batch { interval, .. } = self.cfg.fsync
+            && self.unsynced > 0
+            && self.last_sync.elapsed() >= interval
+        {
+            self.sync();
         }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
@@ -515,11 +518,11 @@ impl Writer {
     }
 
     fn sync(&mut self) {
-        if let Some(f) = &self.file {
-            if f.sync_data().is_ok() {
-                self.unsynced = 0;
-                self.last_sync = Instant::now();
-            }
+        if let Some(f) = &self.file
+            && f.sync_data().is_ok()
+        {
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
         }
     }
 
@@ -550,11 +553,11 @@ impl Writer {
         };
         let name = format!("{}.checkpoints", self.file_name);
         let ok = append_synced(&self.file_path(&name), &line).is_ok();
-        if let Some(mirror) = &self.cfg.mirror {
-            if let Err(e) = append_synced(&mirror.join(&name), &line) {
-                tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
-                self.metrics.mirror_errors.inc();
-            }
+        if let Some(mirror) = &self.cfg.mirror
+            && let Err(e) = append_synced(&mirror.join(&name), &line)
+        {
+            tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
+            self.metrics.mirror_errors.inc();
         }
         if ok {
             self.checkpointed_seq = self.seq;

@@ -44,6 +44,11 @@ rules:
     route: lightstep
     roles: [ci]
     otlp: { services: [checkout] }
+  - id: audit-export
+    route: gatehouse
+    roles: [auditor]
+    methods: [GET]
+    paths: ["/.gatehouse/audit/export"]
 "#;
 
 /// Every record in `dir`, in file and line order.
@@ -312,6 +317,49 @@ async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifi
     // Encoded control characters in a path are refused outright (and recorded).
     assert_eq!(code, "400");
 
+    // carol (group security-audit, role auditor) exports over HTTPS; alice may not; a bad
+    // query is refused precisely. Each of these is itself on record.
+    let carol = tokio::task::block_in_place(|| user_token(&provider, "carol"));
+    let export = |token: &str, query: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let url = gw.url(&format!("/.gatehouse/audit/export?{query}"));
+        let (_, out, err) = run_with_timeout(
+            &mut curl(
+                &ca,
+                gw.port(),
+                &["-H", &auth, "-w", "\n%{http_code} %{content_type}", &url],
+            ),
+            60,
+        );
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (body.to_string(), status.to_string(), err)
+    };
+    let range = "since=2000-01-01&until=2100-01-01";
+    let (csv, status, err) = export(&carol, &format!("{range}&format=csv&route=gogs"));
+    assert_eq!(
+        status, "200 text/csv; charset=utf-8; header=present",
+        "{csv}{err}"
+    );
+    let rows = support::csv::parse_csv(&csv);
+    assert_eq!(rows[0], gatehouse::audit::export::CSV_COLUMNS, "header row");
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    assert!(rows.len() > 3, "{csv}");
+    assert!(rows[1..].iter().all(|r| r[col("route")] == "gogs"), "{csv}");
+    assert!(
+        rows[1..].iter().any(|r| r[col("username")] == "alice"
+            && r[col("action")] == "git_push"
+            && r[col("rule")] == "write-code"
+            && r[col("status")] == "200"),
+        "{csv}"
+    );
+    let (text, status, _) = export(&alice, &format!("{range}&format=csv"));
+    assert!(status.starts_with("403 "), "{status} {text}");
+    let (text, status, _) = export(&carol, &format!("{range}&format=xml"));
+    assert!(
+        status.starts_with("400 ") && text.contains("format"),
+        "{status} {text}"
+    );
+
     let status = gw.stop(30);
     assert!(status.success(), "{}", gw.log());
 
@@ -480,6 +528,137 @@ async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifi
     assert!(long.truncated.contains(&"path".to_string()), "{long:#?}");
     assert_eq!(long.status, Some(400));
     assert!(long.path.as_ref().unwrap().len() <= 2048 + 3);
+
+    // The exports: carol's allowed by audit-export, with its query and (in the outcome) the
+    // export's own summary; alice's refused; the bad query refused with the reason.
+    let carol_export = the(&all, "carol's export", |r| {
+        r.kind == "admin"
+            && r.identity
+                .as_ref()
+                .is_some_and(|i| i.username.as_deref() == Some("carol"))
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("format=csv&route=gogs"))
+    });
+    let d = carol_export.decision.as_ref().unwrap();
+    assert_eq!(
+        (d.effect.as_str(), d.rule.as_deref()),
+        ("allow", Some("audit-export"))
+    );
+    assert_eq!(carol_export.route.as_deref(), Some("gatehouse"));
+    let done = the(&all, "carol's export outcome", |r| {
+        r.ref_id.as_deref() == Some(carol_export.id.as_str())
+    });
+    assert_eq!(done.status, Some(200));
+    assert!(
+        done.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("chain verified") && d.contains("signatures checked")),
+        "{done:#?}"
+    );
+    assert_eq!(done.bytes_out, Some(csv.len() as u64));
+    let alice_export = the(&all, "alice's export", |r| {
+        r.kind == "admin"
+            && r.identity
+                .as_ref()
+                .is_some_and(|i| i.username.as_deref() == Some("alice"))
+    });
+    assert_eq!(alice_export.status, Some(403));
+    assert_eq!(alice_export.decision.as_ref().unwrap().effect, "deny");
+    let bad_query = the(&all, "the bad export query", |r| {
+        r.kind == "admin" && r.status == Some(400)
+    });
+    assert!(
+        bad_query
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("format=xml") && d.contains("bad query")),
+        "{bad_query:#?}"
+    );
+
+    // `audit export --format csv` of the whole run holds exactly the requests made above,
+    // each with its identity and decision, and says the chain verified.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.args(["audit", "export"])
+        .arg(&dir)
+        .args([
+            "--since",
+            "2000-01-01",
+            "--until",
+            "2100-01-01",
+            "--format",
+            "csv",
+            "--pubkey",
+        ])
+        .arg(gw.audit_key());
+    let (ok, out, err) = run_with_timeout(&mut cmd, 60);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("chain verified") && err.contains("signatures checked"),
+        "{err}"
+    );
+    let rows = support::csv::parse_csv(&out);
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let rows = &rows[1..];
+    let row = |r: &[String], name: &str| r[col(name)].clone();
+    // One row per decision (outcomes are merged into their request's row).
+    assert_eq!(
+        rows.len(),
+        all.iter().filter(|r| r.kind != "outcome").count(),
+        "{out}"
+    );
+    let mut seen: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let who = match row(r, "username") {
+                u if u.is_empty() => row(r, "client_id"),
+                u => u,
+            };
+            let what = match row(r, "action").as_str() {
+                "git_push" => format!("push {}", row(r, "refs").split(' ').next().unwrap_or("")),
+                "" => format!("{} {}", row(r, "kind"), row(r, "path")),
+                other => other.to_string(),
+            };
+            format!(
+                "{who}|{what}|{}|{}|{}",
+                row(r, "decision"),
+                row(r, "rule"),
+                row(r, "status")
+            )
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    let expected = [
+        "alice|push refs/heads/feature|allow|write-code|200",
+        "alice|push refs/heads/main|deny|protect-main|200",
+        "ci-pipeline|otlp_traces|allow|ci-traces|200",
+        "ci-pipeline|otlp_traces|deny||403",
+        "|request /api/v1/user|deny||401",
+        "|token_rejected /api/v1/user|deny||401",
+        "|request /|deny||400",
+        "carol|admin /.gatehouse/audit/export|allow|audit-export|200",
+        "carol|admin /.gatehouse/audit/export|allow|audit-export|400",
+        "alice|admin /.gatehouse/audit/export|deny||403",
+    ];
+    for e in expected {
+        assert!(
+            seen.iter().any(|s| s == e),
+            "no row {e:?} in\n{}",
+            seen.join("\n")
+        );
+    }
+    // Everything else is alice's git traffic allowed by read-code (and the push
+    // advertisement by write-code), the hostile path, and the gateway's start and stop.
+    for s in &seen {
+        let known = expected.contains(&s.as_str())
+            || (s.starts_with("alice|git_") && s.ends_with("|allow|read-code|200"))
+            || s == "alice|push |allow|write-code|200"
+            || (s.starts_with("|request /x%0a") && s.ends_with("|deny||400"))
+            || s.starts_with("|config_reload ")
+            || s.starts_with("|admin ") && !s.contains("/.gatehouse/");
+        assert!(known, "an unexpected row: {s}\n{}", seen.join("\n"));
+    }
 
     // No secret reached the log.
     let text = all_text(&dir);
@@ -956,4 +1135,88 @@ fn check_refuses_an_audit_key_that_is_not_ed25519_and_an_unwritable_dir() {
         !dir.path().join("audit").exists(),
         "check must not create the audit directory"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_over_https_of_a_tampered_log_is_cut_off_never_ended_cleanly() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let policy = r#"
+roles:
+  auditor: { groups: [security-audit] }
+rules:
+  - id: audit-export
+    route: gatehouse
+    roles: [auditor]
+    methods: [GET]
+    paths: ["/.gatehouse/audit/export"]
+"#;
+    let secrets = Secrets::new(&provider, policy);
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let mut gw = GatewayBuilder::new()
+        .audit("fsync = \"always\"")
+        .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .start(&ca);
+    for i in 0..20 {
+        assert_eq!(status_of(&ca, &gw, HOST, &format!("/r{i}")).0, "200");
+    }
+    let carol = tokio::task::block_in_place(|| user_token(&provider, "carol"));
+    let auth = format!("Authorization: Bearer {carol}");
+    let url = gw.url("/.gatehouse/audit/export?since=2000-01-01&until=2100-01-01&format=jsonl");
+    let export = || {
+        let mut cmd = curl(&ca, gw.port(), &["-H", &auth, "-w", "\n%{http_code}", &url]);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    // Untouched, it ends cleanly.
+    let (code, body) = export();
+    assert_eq!(code, Some(0), "{body}");
+    assert!(body.ends_with("\n200"), "{body}");
+
+    // One byte of the first record changes on disk (same length, so nothing else moves).
+    let file = newest_log(&gw.audit_dir());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let at = text.find("started").expect("the start record");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(at as u64 + 1)).unwrap();
+        f.write_all(b"T").unwrap();
+    }
+    let (code, body) = export();
+    assert!(
+        matches!(code, Some(18 | 56 | 92)),
+        "curl must see a transfer cut short, got {code:?}:\n{body}"
+    );
+    assert!(gw.stop(30).success(), "{}", gw.log());
+
+    let all = records(&gw.audit_dir());
+    let exports: Vec<&Record> = all
+        .iter()
+        .filter(|r| r.kind == "admin" && r.identity.is_some())
+        .collect();
+    assert_eq!(exports.len(), 2, "{all:#?}");
+    let outcome_of = |r: &Record| {
+        the(&all, "an export outcome", |o| {
+            o.ref_id.as_deref() == Some(r.id.as_str())
+        })
+        .clone()
+    };
+    let clean = outcome_of(exports[0]);
+    assert!(
+        clean.detail.as_deref().unwrap().contains("chain verified"),
+        "{clean:#?}"
+    );
+    let broken = outcome_of(exports[1]);
+    let detail = broken.detail.as_deref().unwrap();
+    assert!(
+        detail.contains("broke off") && detail.contains("chain BROKEN") && detail.contains(":1"),
+        "{broken:#?}"
+    );
+    let (ok, out) = verify(&gw.audit_dir(), &gw.audit_key());
+    assert!(!ok, "{out}");
 }

@@ -4,6 +4,10 @@
 //! leaves a log that verifies and that a new writer continues; export selects exactly what its
 //! filters say, whether the log spans one file or many.
 
+#[path = "support/csv.rs"]
+mod csv;
+use csv::parse_csv;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -421,60 +425,6 @@ fn reordered_files_are_caught() {
     }
     // `a` now holds b's records: its first record does not follow a's predecessor.
     f.assert_fails(false, a, Some(1), "does not follow record");
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small RFC 4180 reader, so the test does not trust the writer's own idea of CSV.
-
-fn parse_csv(input: &str) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut row = Vec::new();
-    let mut cell = String::new();
-    let mut chars = input.chars().peekable();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some(c) = chars.next() {
-        if quoted {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    cell.push('"');
-                } else {
-                    quoted = false;
-                }
-            } else {
-                cell.push(c);
-            }
-            continue;
-        }
-        match c {
-            '"' if at_start => {
-                quoted = true;
-                at_start = false;
-            }
-            ',' => {
-                row.push(std::mem::take(&mut cell));
-                at_start = true;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                row.push(std::mem::take(&mut cell));
-                rows.push(std::mem::take(&mut row));
-                at_start = true;
-            }
-            c => {
-                assert!(c != '"', "stray quote in an unquoted cell");
-                cell.push(c);
-                at_start = false;
-            }
-        }
-    }
-    assert!(!quoted, "unterminated quoted cell");
-    if !cell.is_empty() || !row.is_empty() {
-        row.push(cell);
-        rows.push(row);
-    }
-    rows
 }
 
 /// What a cell should hold for `v`: formula starters get a leading `'`.

@@ -1031,7 +1031,7 @@ fn examine(
     item.kind = Kind::parse(&r.kind.0);
     item.selected = filter.matches(&r, time, item.kind);
     let is_outcome = item.kind == Some(Kind::Outcome);
-    if item.selected && item.kind == Some(Kind::Request) {
+    if item.selected && matches!(item.kind, Some(Kind::Request | Kind::Admin)) {
         item.id = id_key(&r.id.0);
     }
     if is_outcome {
@@ -1614,7 +1614,10 @@ impl<'a> Sink<'a> {
                 (None, _) => {}
             }
         } else if item.selected {
-            let is_request = item.kind == Some(Kind::Request);
+            // Records written before the status was known (a forwarded request, an export
+            // over HTTPS) are completed by an outcome record.
+            let is_request = matches!(item.kind, Some(Kind::Request | Kind::Admin))
+                && item.nums.status.is_none();
             if is_request {
                 self.awaited
                     .insert(item.id, self.head + self.pending.len() as u64);

@@ -58,7 +58,7 @@ fn body_error(e: BodyError) -> ProxyError {
     match e {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
         BodyError::Timeout(_) => ProxyError::BodyTimeout,
-        BodyError::Stream(_) => ProxyError::BodyMalformed,
+        BodyError::Stream(_) | BodyError::Aborted(_) => ProxyError::BodyMalformed,
     }
 }
 
@@ -227,13 +227,6 @@ async fn refusal(
     inbound: Inbound,
     ctx: &RequestContext<'_>,
 ) -> Response<ResponseBody> {
-    let id = ctx.request_id.to_str().unwrap_or("-");
-    let rule = decision.rule.as_deref().unwrap_or("default deny");
-    let reason = decision
-        .reasons
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "denied".into());
     if let policy::Resource::Gogs {
         action: policy::GogsAction::GitPush,
         refs,
@@ -263,6 +256,22 @@ async fn refusal(
         h.insert(super::headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         return r;
     }
+    forbidden(parts, decision, ctx)
+}
+
+/// 403 naming the rule: a readable page for a browser, a line of text for anything else.
+pub fn forbidden(
+    parts: &Parts,
+    decision: &Decision,
+    ctx: &RequestContext<'_>,
+) -> Response<ResponseBody> {
+    let id = ctx.request_id.to_str().unwrap_or("-");
+    let rule = decision.rule.as_deref().unwrap_or("default deny");
+    let reason = decision
+        .reasons
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "denied".into());
     let html = crate::identity::challenge::is_navigation(parts);
     let (body, content_type) = if html {
         (

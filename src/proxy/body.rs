@@ -25,6 +25,8 @@ pub enum BodyError {
     Timeout(Duration),
     #[error("body stream failed: {0}")]
     Stream(#[source] hyper::Error),
+    #[error("{0}")]
+    Aborted(String),
 }
 
 pin_project! {

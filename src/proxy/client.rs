@@ -144,7 +144,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
         return match body {
             BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(*limit),
             BodyError::Timeout(_) => ProxyError::BodyTimeout,
-            BodyError::Stream(_) => ProxyError::BodyMalformed,
+            BodyError::Stream(_) | BodyError::Aborted(_) => ProxyError::BodyMalformed,
         };
     }
     let kind = if has_cause(err, &|e| e.is::<rustls::Error>()) {

@@ -52,6 +52,12 @@ pub enum ProxyError {
     Unreadable(String),
     #[error("the audit log cannot be written, and this route forwards nothing unrecorded")]
     AuditUnavailable,
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    #[error("an audit export is already running; try again when it is done")]
+    ExportBusy,
+    #[error("the audit export failed: {0}")]
+    ExportFailed(String),
 }
 
 fn upstream_message(kind: UpstreamErrorKind) -> &'static str {
@@ -88,7 +94,9 @@ impl ProxyError {
             Upstream(_) => StatusCode::BAD_GATEWAY,
             ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Unreadable(_) => StatusCode::BAD_REQUEST,
+            Unreadable(_) | BadQuery(_) => StatusCode::BAD_REQUEST,
+            ExportBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ExportFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -113,6 +121,9 @@ impl ProxyError {
             Forbidden(_) => "forbidden",
             Unreadable(_) => "unreadable_body",
             AuditUnavailable => "audit_unavailable",
+            BadQuery(_) => "bad_query",
+            ExportBusy => "export_busy",
+            ExportFailed(_) => "export_failed",
         }
     }
 

@@ -4,6 +4,7 @@
 //! own module and knows nothing of sockets. See ARCHITECTURE.md for the whole picture.
 
 pub mod audit;
+pub mod audit_export;
 pub mod authorize;
 pub mod body;
 pub mod client;
@@ -103,6 +104,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
+    exports: audit_export::Exports,
     draining: AtomicBool,
 }
 
@@ -140,6 +142,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             audit,
+            exports: audit_export::Exports::default(),
             draining: AtomicBool::new(false),
         })
     }
@@ -274,10 +277,12 @@ impl Gateway {
                 None => draft.deny("answered by the gateway"),
             }
         }
-        if let Some(e) = failure
-            && draft.detail.is_none()
-        {
-            draft.detail = Some(e.to_string());
+        if let Some(e) = failure {
+            // The failure is the detail; after what the stages noted, if anything.
+            draft.detail = Some(match draft.detail.take() {
+                Some(d) => format!("{d}: {e}"),
+                None => e.to_string(),
+            });
         }
         self.audit
             .submit(audit::record(draft, arrival, Some(status)));
@@ -329,6 +334,12 @@ impl Gateway {
         };
 
         // Stage 4: the gateway's own endpoints, then the route.
+        if path == audit_export::PATH {
+            draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
+            let resp =
+                audit_export::serve(req, &ctx, arrival, draft, &self.audit, &self.exports).await?;
+            return Ok((resp, None));
+        }
         if endpoints::is_gateway_path(path) {
             draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
             return Ok((
@@ -441,7 +452,7 @@ impl Gateway {
 }
 
 /// The gateway's answer to an unauthenticated request: sign-in redirect, 401 or 503.
-async fn challenge_response(
+pub(crate) async fn challenge_response(
     c: Challenge,
     parts: &Parts,
     ctx: &RequestContext<'_>,

@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
 
 use super::audit::OutcomeRecorder;
 use super::body::{BodyError, Guarded};
@@ -24,7 +25,17 @@ pin_project! {
     enum Kind {
         Upstream { #[pin] body: Guarded<Incoming> },
         Bytes { data: Option<Bytes> },
+        Channel { first: Option<Streamed>, rx: mpsc::Receiver<Streamed>, done: bool },
     }
+}
+
+/// What a body written by another task (an audit export) delivers.
+pub enum Streamed {
+    Data(Bytes),
+    /// The end, with a line for the outcome record.
+    End(String),
+    /// Cut the response off: the client must not take what it got for complete.
+    Fail(String),
 }
 
 pin_project! {
@@ -58,6 +69,20 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Bytes {
                 data: if data.is_empty() { None } else { Some(data) },
+            },
+            route: None,
+            in_flight: None,
+            outcome: None,
+        }
+    }
+
+    /// A body another task writes; `first` is its first message, already received.
+    pub fn channel(first: Streamed, rx: mpsc::Receiver<Streamed>) -> Self {
+        ResponseBody {
+            kind: Kind::Channel {
+                first: Some(first),
+                rx,
+                done: false,
             },
             route: None,
             in_flight: None,
@@ -105,6 +130,34 @@ impl Body for ResponseBody {
                 let polled = Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
                 (polled, true)
             }
+            KindProj::Channel { first, rx, done } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                let message = match first.take() {
+                    Some(m) => m,
+                    None => match rx.poll_recv(cx) {
+                        Poll::Ready(Some(m)) => m,
+                        Poll::Ready(None) => Streamed::Fail("the writer stopped".into()),
+                        Poll::Pending => return Poll::Pending,
+                    },
+                };
+                match message {
+                    Streamed::Data(d) => (Poll::Ready(Some(Ok(Frame::data(d)))), false),
+                    Streamed::End(line) => {
+                        *done = true;
+                        if let Some(mut o) = this.outcome.take() {
+                            o.finish(Some(&line));
+                        }
+                        this.in_flight.take();
+                        return Poll::Ready(None);
+                    }
+                    Streamed::Fail(why) => {
+                        *done = true;
+                        (Poll::Ready(Some(Err(BodyError::Aborted(why)))), true)
+                    }
+                }
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -146,6 +199,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body } => body.is_end_stream(),
             Kind::Bytes { data } => data.is_none(),
+            Kind::Channel { done, .. } => *done,
         }
     }
 
@@ -155,6 +209,7 @@ impl Body for ResponseBody {
             Kind::Bytes { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Channel { .. } => SizeHint::default(),
         }
     }
 }
@@ -188,7 +243,7 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let ProxyError::AuditUnavailable = err {
+    if let ProxyError::AuditUnavailable | ProxyError::ExportBusy = err {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }

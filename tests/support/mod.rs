@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod csv;
 pub mod gateway;
 pub mod git_server;
 pub mod oidc;

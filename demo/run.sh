@@ -305,6 +305,19 @@ REFUSED=$(cat "$WORK"/audit/*.jsonl | grep -c '"status":400' || true)
 [ "$REFUSED" -ge 1 ] || fail "the audit log has no record of the refused dot-segment request"
 say "Every request is on record ($PUSH_RECORDS git push record(s), $REFUSED refused request(s)); the chain and its signed checkpoints verify."
 
+step "Exporting the last day's records for the auditors as CSV (the export verifies the chain it reads)."
+SINCE=$(date -u -d yesterday +%Y-%m-%d)
+TOMORROW=$(date -u -d tomorrow +%Y-%m-%d)
+must 60 "gatehouse audit export" "${CLEAN_ENV[@]}" "$GATEHOUSE" audit export "$WORK/audit" \
+    --since "$SINCE" --until "$TOMORROW" --format csv --out "$WORK/audit.csv" \
+    --pubkey "$WORK/audit-signing.pem.pub"
+say "$(tail -1 "$WORK/out")"
+grep -q 'chain verified' "$WORK/out" || fail "audit export did not report a verified chain"
+head -1 "$WORK/audit.csv" | grep -q '^time,kind,replica,seq,' || fail "the CSV export has no header row"
+grep -q ',git_push,' "$WORK/audit.csv" || fail "the CSV export has no git push row"
+say "$(($(wc -l <"$WORK/audit.csv") - 1)) rows in $WORK/audit.csv, e.g. the push:"
+grep -m1 ',git_push,' "$WORK/audit.csv" | cut -c1-160 | sed 's/^/    /'
+
 ELAPSED_MS=$((($(date +%s%N) - START) / 1000000))
 printf '\nAll steps passed in %d.%03ds (after the build). Stopping the git server and the gateway.\n' \
     $((ELAPSED_MS / 1000)) $((ELAPSED_MS % 1000))

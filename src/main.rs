@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Webhook tools: list the outbox, requeue dead letters, look up a commit.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// git credential helper: `git config --global credential.https://git.example.com.helper
     /// "gatehouse git-credential"`.
     GitCredential {
@@ -323,6 +328,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy { command } => policy_command(command),
         Command::Audit { command } => audit_command(command),
+        Command::Webhooks { command } => webhooks_command(command),
         Command::GitCredential { operation, ca_file } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -598,6 +604,101 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 gatehouse::policy::explain::render(&compiled, caller.as_ref(), &request)
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Forwards in the outbox: pending, delivered (kept 7 days) and dead letters.
+    List {
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+        /// pending, delivered or dead (default: all).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letter ID back in the queue (attempts start again from zero).
+    Retry {
+        id: i64,
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// What the commit store knows of a SHA or an unambiguous prefix (7+ hex digits).
+    Commit {
+        sha: String,
+        #[arg(
+            long,
+            short,
+            default_value = "gatehouse.toml",
+            env = "GATEHOUSE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+}
+
+fn webhook_store(config: &std::path::Path) -> anyhow::Result<gatehouse::webhook::SqliteStore> {
+    let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let w = config
+        .webhooks
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{}: no [webhooks] section", config.source.display()))?;
+    Ok(gatehouse::webhook::SqliteStore::open(&w.store)?)
+}
+
+fn webhooks_command(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
+    use gatehouse::cli::webhooks;
+    use gatehouse::webhook::store::State;
+    match command {
+        WebhooksCommand::List {
+            config,
+            state,
+            limit,
+        } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some("pending") => Some(State::Pending),
+                Some("delivered") => Some(State::Delivered),
+                Some("dead") => Some(State::Dead),
+                Some(other) => {
+                    anyhow::bail!("--state {other:?}: expected pending, delivered or dead")
+                }
+            };
+            let store = webhook_store(&config)?;
+            webhooks::list(&store, state, limit, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        WebhooksCommand::Retry { id, config } => {
+            let store = webhook_store(&config)?;
+            if webhooks::retry(&store, id)? {
+                println!("forward {id} is queued again");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "gatehouse: no dead letter with id {id} (see gatehouse webhooks list --state dead)"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        WebhooksCommand::Commit { sha, config } => {
+            let store = webhook_store(&config)?;
+            Ok(if webhooks::commit(&store, &sha, &mut std::io::stdout())? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

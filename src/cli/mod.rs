@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod store;
+pub mod webhooks;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

@@ -16,8 +16,50 @@ pub struct FileConfig {
     pub identity: Option<FileIdentity>,
     pub policy: Option<FilePolicy>,
     pub audit: Option<FileAudit>,
+    pub webhooks: Option<FileWebhooks>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhooks {
+    pub path: Option<Spanned<String>>,
+    pub store: Spanned<String>,
+    pub max_body: Option<Spanned<String>>,
+    pub replay_window: Option<Spanned<String>>,
+    pub commit_retention: Option<Spanned<String>>,
+    pub commit_max: Option<Spanned<i64>>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub retry_base: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sources: Vec<FileWebhookSource>,
+    #[serde(default)]
+    pub receivers: Vec<FileWebhookReceiver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhookSource {
+    pub name: Spanned<String>,
+    pub repos: Option<Spanned<Vec<String>>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub allow_unsigned: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhookReceiver {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub events: Option<Spanned<Vec<String>>>,
+    pub repos: Option<Spanned<Vec<String>>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

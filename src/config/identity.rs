@@ -144,7 +144,7 @@ pub mod defaults {
 const ALGORITHMS: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 impl Validator<'_> {
-    fn secret(
+    pub(super) fn secret(
         &mut self,
         env: &Option<Spanned<String>>,
         file: &Option<Spanned<String>>,

@@ -12,6 +12,7 @@ mod file;
 pub mod identity;
 pub mod secret;
 pub mod units;
+pub mod webhooks;
 
 pub use audit::{AuditConfig, AuditRequirement};
 pub use error::{ConfigError, Diagnostic};
@@ -20,6 +21,7 @@ pub use identity::{
     OidcConfig, OtlpBroker, RouteAuth, SessionConfig,
 };
 pub use secret::{Secret, SecretError, SecretRef};
+pub use webhooks::{WebhookReceiver, WebhookSource, WebhooksConfig};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// Always present in a validated configuration.
     pub audit: Option<AuditConfig>,
+    /// Gogs webhooks: received, verified, recorded and forwarded.
+    pub webhooks: Option<WebhooksConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -483,6 +487,7 @@ impl Validator<'_> {
             watch: p.watch.unwrap_or(true),
         });
         let audit = self.audit(file.audit.as_ref());
+        let webhooks = file.webhooks.as_ref().and_then(|w| self.webhooks(w));
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -523,6 +528,7 @@ impl Validator<'_> {
             identity,
             policy,
             audit,
+            webhooks,
             routes,
         }
     }

@@ -37,6 +37,8 @@ pub struct Draft {
     pub written: Option<String>,
     /// The request body's progress (bytes received), for the outcome.
     pub progress: Option<Arc<Progress>>,
+    /// What the outcome record should say (an export's summary, a webhook's result).
+    pub outcome_detail: Option<String>,
     pub truncated: Vec<String>,
 }
 
@@ -52,6 +54,7 @@ impl Default for Draft {
             detail: None,
             written: None,
             progress: None,
+            outcome_detail: None,
             truncated: Vec::new(),
         }
     }
@@ -290,6 +293,7 @@ pub struct OutcomeRecorder {
     status: u16,
     bytes_in: Option<Arc<Progress>>,
     bytes_out: u64,
+    note: Option<String>,
     done: bool,
 }
 
@@ -312,8 +316,15 @@ impl OutcomeRecorder {
             status,
             bytes_in,
             bytes_out: 0,
+            note: None,
             done: false,
         }
+    }
+
+    /// What the outcome says when the response ends normally.
+    pub fn note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
     }
 
     pub fn sent(&mut self, n: usize) {
@@ -337,7 +348,7 @@ impl OutcomeRecorder {
             bytes_in: Some(self.bytes_in.as_ref().map_or(0, |p| p.bytes())),
             bytes_out: Some(self.bytes_out),
             duration_us: Some(self.start.elapsed().as_micros() as u64),
-            detail: detail.map(str::to_string),
+            detail: detail.map(str::to_string).or_else(|| self.note.take()),
             ..Default::default()
         });
     }

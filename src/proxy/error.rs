@@ -58,6 +58,8 @@ pub enum ProxyError {
     ExportBusy,
     #[error("the audit export failed: {0}")]
     ExportFailed(String),
+    #[error("webhook refused: {message}")]
+    WebhookRejected { status: u16, message: String },
 }
 
 fn upstream_message(kind: UpstreamErrorKind) -> &'static str {
@@ -97,6 +99,9 @@ impl ProxyError {
             Unreadable(_) | BadQuery(_) => StatusCode::BAD_REQUEST,
             ExportBusy => StatusCode::SERVICE_UNAVAILABLE,
             ExportFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebhookRejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -124,6 +129,7 @@ impl ProxyError {
             BadQuery(_) => "bad_query",
             ExportBusy => "export_busy",
             ExportFailed(_) => "export_failed",
+            WebhookRejected { .. } => "webhook",
         }
     }
 

@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod upgrade;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,8 @@ pub enum RuntimeError {
     Secret { route: String, error: SecretError },
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Hooks(#[from] crate::webhook::HooksBuildError),
 }
 
 /// Everything derived from one configuration, swapped as a whole on reload.
@@ -66,6 +69,8 @@ pub struct Runtime {
     pub routes: RouteTable,
     pub identity: Arc<Authenticator>,
     pub policy: Arc<crate::policy::PolicyStore>,
+    /// Webhook sources and receivers, secrets loaded.
+    pub hooks: Option<Arc<crate::webhook::Hooks>>,
     /// Metrics for requests refused before a route was chosen.
     pub unrouted: RouteMetrics,
 }
@@ -89,6 +94,10 @@ impl Runtime {
                 Arc::new(store)
             },
             unrouted: metrics.for_route("-"),
+            hooks: match &config.webhooks {
+                Some(w) => Some(Arc::new(crate::webhook::Hooks::build(w)?)),
+                None => None,
+            },
             config: Arc::new(config),
         })
     }
@@ -104,6 +113,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
+    pub webhooks: Option<webhook::WebhookService>,
     exports: audit_export::Exports,
     draining: AtomicBool,
 }
@@ -137,8 +147,17 @@ impl RequestContext<'_> {
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>, audit: AuditLog) -> Arc<Gateway> {
+    pub fn new(
+        runtime: Runtime,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        webhooks: Option<webhook::WebhookService>,
+    ) -> Arc<Gateway> {
+        if let Some(w) = &webhooks {
+            w.hooks.store(runtime.hooks.clone());
+        }
         Arc::new(Gateway {
+            webhooks,
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             audit,
@@ -150,6 +169,15 @@ impl Gateway {
     /// Installs a new configuration; requests already running finish with the old one.
     pub fn install(&self, runtime: Runtime) {
         runtime.start();
+        match &self.webhooks {
+            Some(w) => w.hooks.store(runtime.hooks.clone()),
+            None if runtime.hooks.is_some() => {
+                tracing::warn!(
+                    "[webhooks] was added by a reload: it takes effect at the next restart"
+                );
+            }
+            None => {}
+        }
         self.runtime.store(Arc::new(runtime));
     }
 
@@ -260,7 +288,8 @@ impl Gateway {
                 arrival.start,
                 status,
                 draft.progress.take(),
-            );
+            )
+            .note(draft.outcome_detail.take());
             match failure {
                 Some(e) => outcome.finish(Some(&e.to_string())),
                 None => {
@@ -334,6 +363,13 @@ impl Gateway {
         };
 
         // Stage 4: the gateway's own endpoints, then the route.
+        if let Some(svc) = &self.webhooks
+            && rt.config.webhooks.as_ref().is_some_and(|w| w.path == path)
+        {
+            draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
+            let resp = webhook::serve(req, &ctx, arrival, draft, &self.audit, svc).await?;
+            return Ok((resp, None));
+        }
         if path == audit_export::PATH {
             draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
             let resp =
@@ -389,6 +425,7 @@ impl Gateway {
         };
 
         // Stage 6: what the request is, and whether the policy lets this caller do it.
+        let pushed;
         let inbound = match authorize::authorize(&parts, body, &ctx, &route, caller.as_ref()).await
         {
             Ok(authorize::Verdict::Forward {
@@ -398,6 +435,7 @@ impl Gateway {
                 policy,
             }) => {
                 draft.request(&request);
+                pushed = pushed_refs(&request);
                 match &decision {
                     Some(d) => draft.decided(d, &policy),
                     None => draft.allow("public route"),
@@ -440,6 +478,17 @@ impl Gateway {
         }
         draft.written = Some(record_id);
         draft.progress = inbound.progress.clone();
+        if let (Some(svc), Some((repo, refs)), Some(c)) = (&self.webhooks, pushed, &caller) {
+            svc.note_push(
+                repo,
+                refs,
+                crate::webhook::store::Pusher {
+                    subject: c.identity.subject.clone(),
+                    username: c.identity.username.clone(),
+                    email: c.identity.email.clone(),
+                },
+            );
+        }
 
         match forward(parts, inbound, &ctx, &route, caller, in_flight).await {
             Ok(resp) => Ok((resp, Some(route))),
@@ -449,6 +498,24 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// The repository and `(ref, new SHA)` of an authorised push, for webhook attribution.
+fn pushed_refs(request: &crate::policy::PolicyRequest) -> Option<(String, Vec<(String, String)>)> {
+    let crate::policy::Resource::Gogs {
+        action: crate::policy::GogsAction::GitPush,
+        repo: Some(repo),
+        refs,
+    } = &request.resource
+    else {
+        return None;
+    };
+    let refs: Vec<(String, String)> = refs
+        .iter()
+        .filter(|r| r.kind != crate::policy::UpdateKind::Delete && !r.new.is_empty())
+        .map(|r| (r.name.clone(), r.new.clone()))
+        .collect();
+    (!refs.is_empty()).then(|| (repo.clone(), refs))
 }
 
 /// The gateway's answer to an unauthenticated request: sign-in redirect, 401 or 503.

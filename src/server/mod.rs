@@ -46,6 +46,8 @@ pub enum ServeError {
     },
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    WebhookStore(#[from] crate::webhook::store::StoreError),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::StartError),
     #[error("audit: no [audit] section")]
@@ -95,9 +97,34 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         ),
     ));
     runtime.start();
-    let gateway = Gateway::new(runtime, metrics.clone(), audit);
-    let limits = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The webhook store and its forwarder outlive reloads too; pending forwards left by a
+    // previous run are picked up at once.
+    let webhooks = match &config.webhooks {
+        Some(w) => {
+            let store: Arc<dyn crate::webhook::HookStore> =
+                Arc::new(crate::webhook::SqliteStore::open(&w.store)?);
+            let hooks = Arc::new(arc_swap::ArcSwapOption::from(runtime.hooks.clone()));
+            let forwarder = crate::webhook::Forwarder::start(
+                store.clone(),
+                hooks.clone(),
+                audit.clone(),
+                metrics.webhooks.clone(),
+                stop_rx.clone(),
+            );
+            let service = crate::proxy::webhook::WebhookService {
+                store,
+                forwarder,
+                metrics: metrics.webhooks.clone(),
+                hooks,
+            };
+            service.start_pruning(stop_rx.clone());
+            Some(service)
+        }
+        None => None,
+    };
+    let gateway = Gateway::new(runtime, metrics.clone(), audit, webhooks);
+    let limits = Arc::new(Semaphore::new(max_connections));
 
     let mut addr_lines = String::new();
     let mut listeners = Vec::new();

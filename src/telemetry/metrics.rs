@@ -66,6 +66,7 @@ pub struct Metrics {
     pub policy_rules: IntGauge,
     pub identity: std::sync::Arc<crate::identity::IdentityMetrics>,
     pub audit: std::sync::Arc<crate::audit::AuditMetrics>,
+    pub webhooks: std::sync::Arc<crate::webhook::WebhookMetrics>,
 }
 
 /// Pre-resolved handles for one route (or for requests refused before routing).
@@ -171,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(connection_limit_reached.clone()))?;
         let identity = std::sync::Arc::new(crate::identity::IdentityMetrics::new(&registry)?);
         let audit = std::sync::Arc::new(crate::audit::AuditMetrics::new(&registry)?);
+        let webhooks = std::sync::Arc::new(crate::webhook::WebhookMetrics::new(&registry)?);
         let decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_policy_decisions_total",
@@ -192,6 +194,7 @@ impl Metrics {
         registry.register(Box::new(policy_rules.clone()))?;
         Ok(Metrics {
             audit,
+            webhooks,
             decisions,
             policy_reloads,
             policy_rules,

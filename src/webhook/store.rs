@@ -1,0 +1,704 @@
+//! What webhooks leave behind: deliveries seen (the replay guard), commits and version markers
+//! (the commit store the attribution uses), pushes the gateway itself authorised (to name the
+//! verified pusher), and the outbox of forwards.
+//!
+//! [`HookStore`] is the seam for a store shared by several replicas; [`SqliteStore`] is the
+//! embedded one: one SQLite file in WAL mode with `synchronous = FULL`, so a delivery Gogs was
+//! told about survives a crash or power loss, and `gatehouse webhooks` can read and requeue
+//! while the gateway runs. Every delivery is one transaction: seen-check, commits, markers
+//! and outbox rows land together or not at all.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("webhook store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("webhook store {0}: lock poisoned")]
+    Poisoned(String),
+}
+
+/// The SSO identity that pushed, as the gateway authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pusher {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl Pusher {
+    /// The name to show: username, else subject.
+    pub fn name(&self) -> &str {
+        self.username.as_deref().unwrap_or(&self.subject)
+    }
+}
+
+/// One pushed commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommitRecord {
+    pub sha: String,
+    /// `owner/name` as Gogs spells it.
+    pub repo: String,
+    pub repo_url: String,
+    pub git_ref: String,
+    pub before: String,
+    pub after: String,
+    pub author_name: String,
+    pub author_email: String,
+    pub author_username: String,
+    pub committer_name: String,
+    pub committer_email: String,
+    pub committer_username: String,
+    pub title: String,
+    pub timestamp: String,
+    pub url: String,
+    /// Gogs's `pusher` (what Gogs believes; with a shared gateway credential this is the
+    /// credential's user, not the person).
+    pub pusher: String,
+    pub verified_pusher: Option<Pusher>,
+    /// Tags and releases pointing at this commit.
+    pub markers: Vec<String>,
+}
+
+/// A tag or release pointing at a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub repo: String,
+    pub name: String,
+    /// `tag` or `release`.
+    pub kind: String,
+    pub sha: Option<String>,
+}
+
+/// A forward to write with a delivery.
+#[derive(Debug, Clone)]
+pub struct NewForward {
+    pub receiver: String,
+}
+
+/// A delivery, verified and parsed, to record.
+pub struct Delivery<'a> {
+    pub id: &'a str,
+    pub body_sha: &'a str,
+    pub event: &'a str,
+    pub repo: &'a str,
+    pub source: &'a str,
+    pub body: &'a [u8],
+    /// `(repository, ref, new SHA)` of a push, to find the verified pusher.
+    pub pushed: Option<(&'a str, &'a str, &'a str)>,
+    pub commits: Vec<CommitRecord>,
+    pub markers: Vec<Marker>,
+    pub forwards: Vec<NewForward>,
+    pub now_ms: i64,
+    pub replay_window_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Recorded; forwards queued with these outbox ids.
+    New {
+        verified_pusher: Option<Pusher>,
+        outbox: Vec<i64>,
+    },
+    /// Seen before within the replay window: `delivery` is the first one's id.
+    Duplicate {
+        delivery: String,
+        first_seen_ms: i64,
+        same_id: bool,
+    },
+    /// The same delivery id with a different body.
+    Conflict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Delivered => "delivered",
+            State::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> State {
+        match s {
+            "delivered" => State::Delivered,
+            "dead" => State::Dead,
+            _ => State::Pending,
+        }
+    }
+}
+
+/// One row of the outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct Forward {
+    pub id: i64,
+    pub delivery: String,
+    pub receiver: String,
+    pub event: String,
+    pub repo: String,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub pusher: Option<Pusher>,
+    pub state: State,
+    pub attempts: u32,
+    pub next_at_ms: i64,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// What a commit lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Vec<CommitRecord>),
+    NotFound,
+    /// The prefix names more than one commit.
+    Ambiguous(Vec<String>),
+}
+
+/// Limits applied by [`HookStore::prune`].
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub now_ms: i64,
+    pub replay_window_ms: i64,
+    pub commit_retention_ms: i64,
+    pub commit_max: u64,
+    /// Delivered forwards are kept this long for `webhooks list`.
+    pub delivered_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub deliveries: u64,
+    pub commits: u64,
+    pub forwards: u64,
+}
+
+pub trait HookStore: Send + Sync {
+    /// Records a verified delivery (once: see [`Received`]).
+    fn receive(&self, d: &Delivery<'_>) -> Result<Received, StoreError>;
+    /// Notes a push the gateway authorised, so its webhook can name the person.
+    fn note_push(
+        &self,
+        repo: &str,
+        refs: &[(String, String)],
+        pusher: &Pusher,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Commits by full SHA or by an unambiguous prefix of at least 7 hex digits.
+    fn commit(&self, sha: &str) -> Result<Lookup, StoreError>;
+    /// Pending forwards due by `now_ms`, leased for `lease_ms` so they are not taken twice.
+    fn take_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Forward>, StoreError>;
+    /// When the next pending forward is due.
+    fn next_due(&self) -> Result<Option<i64>, StoreError>;
+    fn delivered(&self, id: i64, attempts: u32, now_ms: i64) -> Result<(), StoreError>;
+    fn retry_at(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_ms: i64,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    fn dead(&self, id: i64, attempts: u32, error: &str, now_ms: i64) -> Result<(), StoreError>;
+    fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Forward>, StoreError>;
+    /// Puts a dead letter back in the queue; false if there is no dead letter with that id.
+    fn requeue(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
+    fn counts(&self) -> Result<Counts, StoreError>;
+    fn prune(&self, r: &Retention) -> Result<Pruned, StoreError>;
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery TEXT NOT NULL, body_sha TEXT NOT NULL, event TEXT NOT NULL, repo TEXT NOT NULL,
+    source TEXT NOT NULL, received INTEGER NOT NULL, PRIMARY KEY (delivery, body_sha));
+CREATE INDEX IF NOT EXISTS deliveries_body ON deliveries (body_sha);
+CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received);
+CREATE TABLE IF NOT EXISTS commits (
+    sha TEXT NOT NULL, repo TEXT NOT NULL, repo_url TEXT NOT NULL, git_ref TEXT NOT NULL,
+    before_sha TEXT NOT NULL, after_sha TEXT NOT NULL,
+    author_name TEXT NOT NULL, author_email TEXT NOT NULL, author_username TEXT NOT NULL,
+    committer_name TEXT NOT NULL, committer_email TEXT NOT NULL, committer_username TEXT NOT NULL,
+    title TEXT NOT NULL, timestamp TEXT NOT NULL, url TEXT NOT NULL, pusher TEXT NOT NULL,
+    verified_pusher TEXT, delivery TEXT NOT NULL, received INTEGER NOT NULL,
+    PRIMARY KEY (sha, repo));
+CREATE INDEX IF NOT EXISTS commits_received ON commits (received);
+CREATE TABLE IF NOT EXISTS markers (
+    repo TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, sha TEXT,
+    received INTEGER NOT NULL, PRIMARY KEY (repo, name, kind));
+CREATE INDEX IF NOT EXISTS markers_sha ON markers (sha);
+CREATE TABLE IF NOT EXISTS pushes (
+    repo TEXT NOT NULL, sha TEXT NOT NULL, git_ref TEXT NOT NULL, pusher TEXT NOT NULL,
+    at INTEGER NOT NULL, PRIMARY KEY (repo, sha, git_ref));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL, receiver TEXT NOT NULL,
+    event TEXT NOT NULL, repo TEXT NOT NULL, body BLOB NOT NULL, pusher TEXT,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL,
+    last_error TEXT, created INTEGER NOT NULL, updated INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let name = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?;
+        f(&mut conn).map_err(|source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+}
+
+fn pusher_json(p: &Option<Pusher>) -> Option<String> {
+    p.as_ref().and_then(|p| serde_json::to_string(p).ok())
+}
+
+fn pusher_of(text: Option<String>) -> Option<Pusher> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn forward_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Forward> {
+    Ok(Forward {
+        id: row.get(0)?,
+        delivery: row.get(1)?,
+        receiver: row.get(2)?,
+        event: row.get(3)?,
+        repo: row.get(4)?,
+        body: row.get(5)?,
+        pusher: pusher_of(row.get(6)?),
+        state: State::parse(&row.get::<_, String>(7)?),
+        attempts: row.get(8)?,
+        next_at_ms: row.get(9)?,
+        last_error: row.get(10)?,
+        created_ms: row.get(11)?,
+    })
+}
+
+const FORWARD_COLUMNS: &str = "id, delivery, receiver, event, repo, body, pusher, state, attempts, next_at, last_error, created";
+
+impl HookStore for SqliteStore {
+    fn receive(&self, d: &Delivery<'_>) -> Result<Received, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let since = d.now_ms - d.replay_window_ms;
+            let same_id: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT body_sha, received FROM deliveries WHERE delivery = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
+                    params![d.id, since],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((body_sha, first)) = same_id {
+                return Ok(if body_sha == d.body_sha {
+                    Received::Duplicate {
+                        delivery: d.id.to_string(),
+                        first_seen_ms: first,
+                        same_id: true,
+                    }
+                } else {
+                    Received::Conflict
+                });
+            }
+            let same_body: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT delivery, received FROM deliveries WHERE body_sha = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
+                    params![d.body_sha, since],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((delivery, first)) = same_body {
+                return Ok(Received::Duplicate {
+                    delivery,
+                    first_seen_ms: first,
+                    same_id: false,
+                });
+            }
+            tx.execute(
+                "INSERT INTO deliveries (delivery, body_sha, event, repo, source, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.id, d.body_sha, d.event, d.repo, d.source, d.now_ms],
+            )?;
+            let verified_pusher = match d.pushed {
+                Some((repo, git_ref, sha)) => pusher_of(
+                    tx.query_row(
+                        "SELECT pusher FROM pushes WHERE repo = ?1 AND sha = ?2 AND git_ref = ?3 ORDER BY at DESC LIMIT 1",
+                        params![repo.to_ascii_lowercase(), sha, git_ref],
+                        |r| r.get(0),
+                    )
+                    .optional()?,
+                ),
+                None => None,
+            };
+            let pusher_text = pusher_json(&verified_pusher);
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO commits (sha, repo, repo_url, git_ref, before_sha, after_sha,
+                        author_name, author_email, author_username, committer_name, committer_email,
+                        committer_username, title, timestamp, url, pusher, verified_pusher, delivery, received)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                     ON CONFLICT (sha, repo) DO UPDATE SET
+                        verified_pusher = COALESCE(commits.verified_pusher, excluded.verified_pusher)",
+                )?;
+                for c in &d.commits {
+                    insert.execute(params![
+                        c.sha,
+                        c.repo,
+                        c.repo_url,
+                        c.git_ref,
+                        c.before,
+                        c.after,
+                        c.author_name,
+                        c.author_email,
+                        c.author_username,
+                        c.committer_name,
+                        c.committer_email,
+                        c.committer_username,
+                        c.title,
+                        c.timestamp,
+                        c.url,
+                        c.pusher,
+                        pusher_text,
+                        d.id,
+                        d.now_ms
+                    ])?;
+                }
+            }
+            for m in &d.markers {
+                // A release names its tag; the tag's SHA comes from the earlier `create`.
+                let sha = match &m.sha {
+                    Some(s) => Some(s.clone()),
+                    None => tx
+                        .query_row(
+                            "SELECT sha FROM markers WHERE repo = ?1 AND name = ?2 AND kind = 'tag'",
+                            params![m.repo, m.name],
+                            |r| r.get::<_, Option<String>>(0),
+                        )
+                        .optional()?
+                        .flatten(),
+                };
+                tx.execute(
+                    "INSERT INTO markers (repo, name, kind, sha, received) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (repo, name, kind) DO UPDATE SET sha = excluded.sha, received = excluded.received",
+                    params![m.repo, m.name, m.kind, sha, d.now_ms],
+                )?;
+            }
+            let mut outbox = Vec::with_capacity(d.forwards.len());
+            for f in &d.forwards {
+                tx.execute(
+                    "INSERT INTO outbox (delivery, receiver, event, repo, body, pusher, state, attempts, next_at, created, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+                    params![d.id, f.receiver, d.event, d.repo, d.body, pusher_text, d.now_ms],
+                )?;
+                outbox.push(tx.last_insert_rowid());
+            }
+            tx.commit()?;
+            Ok(Received::New {
+                verified_pusher,
+                outbox,
+            })
+        })
+    }
+
+    fn note_push(
+        &self,
+        repo: &str,
+        refs: &[(String, String)],
+        pusher: &Pusher,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let text = pusher_json(&Some(pusher.clone())).unwrap_or_default();
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            for (git_ref, sha) in refs {
+                tx.execute(
+                    "INSERT INTO pushes (repo, sha, git_ref, pusher, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (repo, sha, git_ref) DO UPDATE SET pusher = excluded.pusher, at = excluded.at",
+                    params![repo.to_ascii_lowercase(), sha, git_ref, text, now_ms],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn commit(&self, sha: &str) -> Result<Lookup, StoreError> {
+        let prefix = sha.to_ascii_lowercase();
+        if prefix.len() < 7 || prefix.len() > 40 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Lookup::NotFound);
+        }
+        self.with(|conn| {
+            // 'g' sorts after every hex digit: [prefix, prefix + "g") is exactly the prefix.
+            let upper = format!("{prefix}g");
+            let mut shas: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT DISTINCT sha FROM commits WHERE sha >= ?1 AND sha < ?2 ORDER BY sha LIMIT 5",
+                )?
+                .query_map(params![prefix, upper], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            match shas.len() {
+                0 => return Ok(Lookup::NotFound),
+                1 => {}
+                _ => return Ok(Lookup::Ambiguous(shas)),
+            }
+            let full = shas.remove(0);
+            let mut found: Vec<CommitRecord> = conn
+                .prepare_cached(
+                    "SELECT sha, repo, repo_url, git_ref, before_sha, after_sha, author_name, author_email,
+                        author_username, committer_name, committer_email, committer_username, title,
+                        timestamp, url, pusher, verified_pusher
+                     FROM commits WHERE sha = ?1 ORDER BY received",
+                )?
+                .query_map(params![full], |r| {
+                    Ok(CommitRecord {
+                        sha: r.get(0)?,
+                        repo: r.get(1)?,
+                        repo_url: r.get(2)?,
+                        git_ref: r.get(3)?,
+                        before: r.get(4)?,
+                        after: r.get(5)?,
+                        author_name: r.get(6)?,
+                        author_email: r.get(7)?,
+                        author_username: r.get(8)?,
+                        committer_name: r.get(9)?,
+                        committer_email: r.get(10)?,
+                        committer_username: r.get(11)?,
+                        title: r.get(12)?,
+                        timestamp: r.get(13)?,
+                        url: r.get(14)?,
+                        pusher: r.get(15)?,
+                        verified_pusher: pusher_of(r.get(16)?),
+                        markers: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let markers: Vec<(String, String, String)> = conn
+                .prepare_cached("SELECT repo, kind, name FROM markers WHERE sha = ?1 ORDER BY received")?
+                .query_map(params![full], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for c in &mut found {
+                c.markers = markers
+                    .iter()
+                    .filter(|(repo, _, _)| *repo == c.repo)
+                    .map(|(_, kind, name)| format!("{kind} {name}"))
+                    .collect();
+            }
+            Ok(Lookup::Found(found))
+        })
+    }
+
+    fn take_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Forward>, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let due: Vec<Forward> = tx
+                .prepare_cached(&format!(
+                    "SELECT {FORWARD_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2"
+                ))?
+                .query_map(params![now_ms, limit as i64], forward_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            for f in &due {
+                tx.execute(
+                    "UPDATE outbox SET next_at = ?2 WHERE id = ?1",
+                    params![f.id, now_ms + lease_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(due)
+        })
+    }
+
+    fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT MIN(next_at) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    fn delivered(&self, id: i64, attempts: u32, now_ms: i64) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = ?2, last_error = NULL, updated = ?3 WHERE id = ?1",
+                params![id, attempts, now_ms],
+            )
+            .map(drop)
+        })
+    }
+
+    fn retry_at(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_ms: i64,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE outbox SET attempts = ?2, next_at = ?3, last_error = ?4, updated = ?5 WHERE id = ?1",
+                params![id, attempts, next_ms, error, now_ms],
+            )
+            .map(drop)
+        })
+    }
+
+    fn dead(&self, id: i64, attempts: u32, error: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'dead', attempts = ?2, last_error = ?3, updated = ?4 WHERE id = ?1",
+                params![id, attempts, error, now_ms],
+            )
+            .map(drop)
+        })
+    }
+
+    fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Forward>, StoreError> {
+        self.with(|conn| {
+            let rows = match state {
+                Some(s) => conn
+                    .prepare_cached(&format!(
+                        "SELECT {FORWARD_COLUMNS} FROM outbox WHERE state = ?1 ORDER BY id LIMIT ?2"
+                    ))?
+                    .query_map(params![s.as_str(), limit as i64], forward_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                None => conn
+                    .prepare_cached(&format!(
+                        "SELECT {FORWARD_COLUMNS} FROM outbox ORDER BY id LIMIT ?1"
+                    ))?
+                    .query_map(params![limit as i64], forward_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            Ok(rows)
+        })
+    }
+
+    fn requeue(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2, updated = ?2 WHERE id = ?1 AND state = 'dead'",
+                params![id, now_ms],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0) FROM outbox",
+                [],
+                |r| {
+                    Ok(Counts {
+                        pending: r.get::<_, i64>(0)? as u64,
+                        dead: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+        })
+    }
+
+    fn prune(&self, r: &Retention) -> Result<Pruned, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let deliveries = tx.execute(
+                "DELETE FROM deliveries WHERE received < ?1",
+                params![r.now_ms - r.replay_window_ms],
+            )?;
+            let mut commits = tx.execute(
+                "DELETE FROM commits WHERE received < ?1",
+                params![r.now_ms - r.commit_retention_ms],
+            )?;
+            commits += tx.execute(
+                "DELETE FROM commits WHERE rowid IN (SELECT rowid FROM commits ORDER BY received DESC LIMIT -1 OFFSET ?1)",
+                params![r.commit_max as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM markers WHERE received < ?1",
+                params![r.now_ms - r.commit_retention_ms],
+            )?;
+            // A push's webhook arrives within seconds; a day is generous.
+            tx.execute(
+                "DELETE FROM pushes WHERE at < ?1",
+                params![r.now_ms - 24 * 3600 * 1000],
+            )?;
+            let forwards = tx.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND updated < ?1",
+                params![r.now_ms - r.delivered_ms],
+            )?;
+            tx.commit()?;
+            Ok(Pruned {
+                deliveries: deliveries as u64,
+                commits: commits as u64,
+                forwards: forwards as u64,
+            })
+        })
+    }
+}

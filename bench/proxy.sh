@@ -228,6 +228,10 @@ if [ -n "$REV" ] && [ -z "$GATEHOUSE_BIN" ]; then
     SRC_DIR="$TMP/src"
     mkdir -p "$SRC_DIR"
     git -C "$REPO" archive "$REV" | tar -x -C "$SRC_DIR"
+    # git archive stamps every file with the commit's time, and cargo judges freshness by
+    # mtime against paths relative to the package: without this, a build of another revision
+    # in the same target dir is taken for this one.
+    find "$SRC_DIR" -type f -exec touch {} +
     mkdir -p "$SRC_DIR/bench" && cp "$REPO/bench/upstream.rs" "$SRC_DIR/bench/"
     [ -n "${BENCH_TARGET_DIR:-}" ] || TARGET_DIR="$REPO/target/bench-rev"
     BUILD=1

@@ -655,6 +655,13 @@ fn webhook_store(config: &std::path::Path) -> anyhow::Result<gatehouse::webhook:
         .webhooks
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{}: no [webhooks] section", config.source.display()))?;
+    // A mistyped path must not quietly become a new, empty store.
+    if !w.store.exists() {
+        anyhow::bail!(
+            "{}: no webhook store there yet (the gateway creates it when it starts)",
+            w.store.display()
+        );
+    }
     Ok(gatehouse::webhook::SqliteStore::open(&w.store)?)
 }
 
@@ -799,6 +806,16 @@ fn secret_refs(config: &Config) -> Vec<(String, &gatehouse::config::SecretRef)> 
         }
         if let Some(t) = r.otlp.as_ref().and_then(|o| o.access_token.as_ref()) {
             refs.push((format!("routes[{i}].otlp.access_token"), t));
+        }
+    }
+    if let Some(w) = &config.webhooks {
+        for (i, s) in w.sources.iter().enumerate() {
+            if let Some(r) = &s.secret {
+                refs.push((format!("webhooks.sources[{i}].secret"), r));
+            }
+        }
+        for (i, r) in w.receivers.iter().enumerate() {
+            refs.push((format!("webhooks.receivers[{i}].secret"), &r.secret));
         }
     }
     refs

@@ -313,6 +313,18 @@ fn check_accepts_the_example_config_with_dev_certificates() {
     ))
     .unwrap();
     let config = dir.path().join("gatehouse.toml");
+    // The audit log's directory and signing key go where an operator would put theirs.
+    let key = dir.path().join("audit-signing.pem");
+    support::gateway::write_audit_key(&key);
+    let example = example
+        .replace(
+            "\"/etc/gatehouse/audit-signing.pem\"",
+            &format!("{:?}", key.display().to_string()),
+        )
+        .replace(
+            "\"/var/lib/gatehouse/audit\"",
+            &format!("{:?}", dir.path().join("audit").display().to_string()),
+        );
     std::fs::write(&config, example).unwrap();
     // The example's policies come along (the config names them relative to itself).
     let policies = dir.path().join("policies");

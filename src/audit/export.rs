@@ -1031,7 +1031,7 @@ fn examine(
     item.kind = Kind::parse(&r.kind.0);
     item.selected = filter.matches(&r, time, item.kind);
     let is_outcome = item.kind == Some(Kind::Outcome);
-    if item.selected && matches!(item.kind, Some(Kind::Request | Kind::Admin)) {
+    if item.selected && matches!(item.kind, Some(Kind::Request | Kind::Admin | Kind::Webhook)) {
         item.id = id_key(&r.id.0);
     }
     if is_outcome {
@@ -1616,7 +1616,7 @@ impl<'a> Sink<'a> {
         } else if item.selected {
             // Records written before the status was known (a forwarded request, an export
             // over HTTPS) are completed by an outcome record.
-            let is_request = matches!(item.kind, Some(Kind::Request | Kind::Admin))
+            let is_request = matches!(item.kind, Some(Kind::Request | Kind::Admin | Kind::Webhook))
                 && item.nums.status.is_none();
             if is_request {
                 self.awaited

@@ -16,7 +16,9 @@ pub mod defaults {
     pub const REPLAY_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
     pub const COMMIT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
     pub const COMMIT_MAX: u64 = 5_000_000;
-    pub const MAX_ATTEMPTS: u64 = 12;
+    /// With the backoff defaults: about an hour of doubling delays, then hourly, about 9 hours
+    /// in all before a dead letter.
+    pub const MAX_ATTEMPTS: u64 = 20;
     pub const RETRY_BASE: Duration = Duration::from_secs(1);
     pub const RETRY_MAX: Duration = Duration::from_secs(3600);
     pub const RECEIVER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -149,11 +151,6 @@ impl Validator<'_> {
             100,
             defaults::MAX_ATTEMPTS,
         ) as u32;
-        if max_attempts == 0
-            && let Some(v) = &w.max_attempts
-        {
-            self.report(v, "webhooks.max_attempts", "must be at least 1");
-        }
         Some(WebhooksConfig {
             path,
             store: self.path(w.store.get_ref()),

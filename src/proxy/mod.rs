@@ -170,7 +170,17 @@ impl Gateway {
     pub fn install(&self, runtime: Runtime) {
         runtime.start();
         match &self.webhooks {
-            Some(w) => w.hooks.store(runtime.hooks.clone()),
+            Some(w) => {
+                let before = self.runtime.load();
+                let old = before.config.webhooks.as_ref().map(|c| &c.store);
+                let new = runtime.config.webhooks.as_ref().map(|c| &c.store);
+                if old != new {
+                    tracing::warn!(
+                        "webhooks.store changed (or [webhooks] was removed): the store in use stays until the next restart"
+                    );
+                }
+                w.hooks.store(runtime.hooks.clone());
+            }
             None if runtime.hooks.is_some() => {
                 tracing::warn!(
                     "[webhooks] was added by a reload: it takes effect at the next restart"

@@ -80,9 +80,24 @@ impl WebhookService {
 }
 
 fn rejected(r: &Rejection) -> ProxyError {
+    let message = match r {
+        // The details (paths, SQLite's words) are for the log, not for the sender.
+        Rejection::Store(e) => {
+            tracing::error!(error = %e, "webhook store failed");
+            "the webhook store is unavailable; try again later".to_string()
+        }
+        other => other.to_string(),
+    };
     ProxyError::WebhookRejected {
         status: r.status(),
-        message: r.to_string(),
+        message,
+    }
+}
+
+fn too_large(max: u64) -> ProxyError {
+    ProxyError::WebhookRejected {
+        status: 413,
+        message: format!("the delivery exceeds webhooks.max_body ({max} bytes)"),
     }
 }
 
@@ -96,6 +111,21 @@ fn update_kind(before: &str, after: &str) -> &'static str {
 }
 
 pub async fn serve(
+    req: Request<Incoming>,
+    ctx: &RequestContext<'_>,
+    arrival: &Arrival<'_>,
+    draft: &mut Draft,
+    log: &AuditLog,
+    svc: &WebhookService,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let answer = receive_delivery(req, ctx, arrival, draft, log, svc).await;
+    if answer.is_err() {
+        svc.metrics.received.with_label_values(&["rejected"]).inc();
+    }
+    answer
+}
+
+async fn receive_delivery(
     req: Request<Incoming>,
     ctx: &RequestContext<'_>,
     arrival: &Arrival<'_>,
@@ -121,8 +151,7 @@ pub async fn serve(
             .and_then(|t| t.parse().ok())
             .ok_or(ProxyError::Framing("malformed Content-Length"))?;
         if len > max {
-            svc.metrics.received.with_label_values(&["rejected"]).inc();
-            return Err(ProxyError::BodyTooLarge(max));
+            return Err(too_large(max));
         }
     }
     let bytes: Bytes = match tokio::time::timeout(
@@ -132,10 +161,7 @@ pub async fn serve(
     .await
     {
         Err(_) => return Err(ProxyError::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            svc.metrics.received.with_label_values(&["rejected"]).inc();
-            return Err(ProxyError::BodyTooLarge(max));
-        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(max)),
         Ok(Err(_)) => return Err(ProxyError::BodyMalformed),
         Ok(Ok(c)) => c.to_bytes(),
     };
@@ -167,7 +193,6 @@ pub async fn serve(
     let v = match verified {
         Ok(v) => v,
         Err(r) => {
-            svc.metrics.received.with_label_values(&["rejected"]).inc();
             tracing::warn!(reason = %r, "webhook delivery refused");
             draft.deny(&r.to_string());
             return Err(rejected(&r));
@@ -221,7 +246,6 @@ pub async fn serve(
     let receipt = match receipt {
         Ok(r) => r,
         Err(r) => {
-            svc.metrics.received.with_label_values(&["rejected"]).inc();
             tracing::warn!(reason = %r, "webhook delivery not recorded");
             return Err(rejected(&r));
         }

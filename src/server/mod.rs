@@ -99,7 +99,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     runtime.start();
     let (stop_tx, stop_rx) = watch::channel(false);
     // The webhook store and its forwarder outlive reloads too; pending forwards left by a
-    // previous run are picked up at once.
+    // previous run are picked up at once, except those in flight when it stopped, which wait
+    // out their lease (the longest receiver timeout + 30 s).
     let webhooks = match &config.webhooks {
         Some(w) => {
             let store: Arc<dyn crate::webhook::HookStore> =

@@ -313,9 +313,9 @@ pub fn record(
             .push
             .as_ref()
             .map(|(r, _, after)| (v.repository.as_str(), r.as_str(), after.as_str())),
-        commits: v.commits,
-        markers: v.markers,
-        forwards: v.forwards.clone(),
+        commits: &v.commits,
+        markers: &v.markers,
+        forwards: &v.forwards,
         now_ms,
         replay_window_ms,
     })?;

@@ -9,7 +9,7 @@
 //! and outbox rows land together or not at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,8 @@ pub enum StoreError {
     },
     #[error("webhook store {0}: lock poisoned")]
     Poisoned(String),
+    #[error("webhook store {path}: {message}")]
+    Failed { path: String, message: String },
 }
 
 /// The SSO identity that pushed, as the gateway authenticated it.
@@ -96,9 +98,9 @@ pub struct Delivery<'a> {
     pub body: &'a [u8],
     /// `(repository, ref, new SHA)` of a push, to find the verified pusher.
     pub pushed: Option<(&'a str, &'a str, &'a str)>,
-    pub commits: Vec<CommitRecord>,
-    pub markers: Vec<Marker>,
-    pub forwards: Vec<NewForward>,
+    pub commits: &'a [CommitRecord],
+    pub markers: &'a [Marker],
+    pub forwards: &'a [NewForward],
     pub now_ms: i64,
     pub replay_window_ms: i64,
 }
@@ -236,12 +238,14 @@ pub trait HookStore: Send + Sync {
     fn prune(&self, r: &Retention) -> Result<Pruned, StoreError>;
 }
 
+// Tables keyed by what they are looked up by are WITHOUT ROWID (one B-tree each, fewer pages
+// written per delivery); retention scans by time once an hour instead of keeping time indexes.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
     delivery TEXT NOT NULL, body_sha TEXT NOT NULL, event TEXT NOT NULL, repo TEXT NOT NULL,
-    source TEXT NOT NULL, received INTEGER NOT NULL, PRIMARY KEY (delivery, body_sha));
+    source TEXT NOT NULL, received INTEGER NOT NULL, PRIMARY KEY (delivery, body_sha))
+    WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_body ON deliveries (body_sha);
-CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received);
 CREATE TABLE IF NOT EXISTS commits (
     sha TEXT NOT NULL, repo TEXT NOT NULL, repo_url TEXT NOT NULL, git_ref TEXT NOT NULL,
     before_sha TEXT NOT NULL, after_sha TEXT NOT NULL,
@@ -249,15 +253,14 @@ CREATE TABLE IF NOT EXISTS commits (
     committer_name TEXT NOT NULL, committer_email TEXT NOT NULL, committer_username TEXT NOT NULL,
     title TEXT NOT NULL, timestamp TEXT NOT NULL, url TEXT NOT NULL, pusher TEXT NOT NULL,
     verified_pusher TEXT, delivery TEXT NOT NULL, received INTEGER NOT NULL,
-    PRIMARY KEY (sha, repo));
-CREATE INDEX IF NOT EXISTS commits_received ON commits (received);
+    PRIMARY KEY (sha, repo)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS markers (
     repo TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, sha TEXT,
-    received INTEGER NOT NULL, PRIMARY KEY (repo, name, kind));
+    received INTEGER NOT NULL, PRIMARY KEY (repo, name, kind)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS markers_sha ON markers (sha);
 CREATE TABLE IF NOT EXISTS pushes (
     repo TEXT NOT NULL, sha TEXT NOT NULL, git_ref TEXT NOT NULL, pusher TEXT NOT NULL,
-    at INTEGER NOT NULL, PRIMARY KEY (repo, sha, git_ref));
+    at INTEGER NOT NULL, PRIMARY KEY (repo, sha, git_ref)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL, receiver TEXT NOT NULL,
     event TEXT NOT NULL, repo TEXT NOT NULL, body BLOB NOT NULL, pusher TEXT,
@@ -269,6 +272,8 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Deliveries waiting for the next group commit.
+    queue: Mutex<Vec<(OwnedDelivery, Arc<Slot>)>>,
 }
 
 impl SqliteStore {
@@ -295,7 +300,15 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            queue: Mutex::new(Vec::new()),
         })
+    }
+
+    fn error(&self, message: String) -> StoreError {
+        StoreError::Failed {
+            path: self.path.display().to_string(),
+            message,
+        }
     }
 
     fn with<T>(
@@ -340,126 +353,253 @@ fn forward_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Forward> {
 
 const FORWARD_COLUMNS: &str = "id, delivery, receiver, event, repo, body, pusher, state, attempts, next_at, last_error, created";
 
+/// Records one delivery inside `tx` (see [`HookStore::receive`]).
+fn record(tx: &rusqlite::Transaction<'_>, d: &Delivery<'_>) -> rusqlite::Result<Received> {
+    let since = d.now_ms - d.replay_window_ms;
+    let same_id: Option<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT body_sha, received FROM deliveries WHERE delivery = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
+        )?
+        .query_row(params![d.id, since], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((body_sha, first)) = same_id {
+        return Ok(if body_sha == d.body_sha {
+            Received::Duplicate {
+                delivery: d.id.to_string(),
+                first_seen_ms: first,
+                same_id: true,
+            }
+        } else {
+            Received::Conflict
+        });
+    }
+    let same_body: Option<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT delivery, received FROM deliveries WHERE body_sha = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
+        )?
+        .query_row(params![d.body_sha, since], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((delivery, first)) = same_body {
+        return Ok(Received::Duplicate {
+            delivery,
+            first_seen_ms: first,
+            same_id: false,
+        });
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO deliveries (delivery, body_sha, event, repo, source, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![d.id, d.body_sha, d.event, d.repo, d.source, d.now_ms])?;
+    let verified_pusher = match d.pushed {
+        Some((repo, git_ref, sha)) => pusher_of(
+            tx.prepare_cached(
+                "SELECT pusher FROM pushes WHERE repo = ?1 AND sha = ?2 AND git_ref = ?3 ORDER BY at DESC LIMIT 1",
+            )?
+            .query_row(params![repo.to_ascii_lowercase(), sha, git_ref], |r| r.get(0))
+            .optional()?,
+        ),
+        None => None,
+    };
+    let pusher_text = pusher_json(&verified_pusher);
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO commits (sha, repo, repo_url, git_ref, before_sha, after_sha,
+                author_name, author_email, author_username, committer_name, committer_email,
+                committer_username, title, timestamp, url, pusher, verified_pusher, delivery, received)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+             ON CONFLICT (sha, repo) DO UPDATE SET
+                verified_pusher = COALESCE(commits.verified_pusher, excluded.verified_pusher)",
+        )?;
+        for c in d.commits {
+            insert.execute(params![
+                c.sha,
+                c.repo,
+                c.repo_url,
+                c.git_ref,
+                c.before,
+                c.after,
+                c.author_name,
+                c.author_email,
+                c.author_username,
+                c.committer_name,
+                c.committer_email,
+                c.committer_username,
+                c.title,
+                c.timestamp,
+                c.url,
+                c.pusher,
+                pusher_text,
+                d.id,
+                d.now_ms
+            ])?;
+        }
+    }
+    for m in d.markers {
+        // A release names its tag; the tag's SHA comes from the earlier `create`.
+        let sha = match &m.sha {
+            Some(s) => Some(s.clone()),
+            None => tx
+                .prepare_cached(
+                    "SELECT sha FROM markers WHERE repo = ?1 AND name = ?2 AND kind = 'tag'",
+                )?
+                .query_row(params![m.repo, m.name], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten(),
+        };
+        // A known SHA is never replaced by an unknown one.
+        tx.prepare_cached(
+            "INSERT INTO markers (repo, name, kind, sha, received) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (repo, name, kind) DO UPDATE SET sha = COALESCE(excluded.sha, markers.sha), received = excluded.received",
+        )?
+        .execute(params![m.repo, m.name, m.kind, sha, d.now_ms])?;
+        // A tag that arrives after its release gives the release its SHA.
+        if m.kind == "tag" && sha.is_some() {
+            tx.prepare_cached(
+                "UPDATE markers SET sha = ?3 WHERE repo = ?1 AND name = ?2 AND kind = 'release' AND sha IS NULL",
+            )?
+            .execute(params![m.repo, m.name, sha])?;
+        }
+    }
+    let mut outbox = Vec::with_capacity(d.forwards.len());
+    for f in d.forwards {
+        tx.prepare_cached(
+            "INSERT INTO outbox (delivery, receiver, event, repo, body, pusher, state, attempts, next_at, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+        )?
+        .execute(params![d.id, f.receiver, d.event, d.repo, d.body, pusher_text, d.now_ms])?;
+        outbox.push(tx.last_insert_rowid());
+    }
+    Ok(Received::New {
+        verified_pusher,
+        outbox,
+    })
+}
+
+/// A caller's place in a group commit.
+#[derive(Default)]
+struct Slot(Mutex<Option<Result<Received, String>>>);
+
+impl Slot {
+    fn put(&self, r: Result<Received, String>) {
+        if let Ok(mut v) = self.0.lock() {
+            *v = Some(r);
+        }
+    }
+
+    fn take(&self) -> Option<Result<Received, String>> {
+        self.0.lock().ok().and_then(|mut v| v.take())
+    }
+}
+
+/// A [`Delivery`] that can wait in the group-commit queue.
+struct OwnedDelivery {
+    id: String,
+    body_sha: String,
+    event: String,
+    repo: String,
+    source: String,
+    body: Vec<u8>,
+    pushed: Option<(String, String, String)>,
+    commits: Vec<CommitRecord>,
+    markers: Vec<Marker>,
+    forwards: Vec<NewForward>,
+    now_ms: i64,
+    replay_window_ms: i64,
+}
+
+impl From<&Delivery<'_>> for OwnedDelivery {
+    fn from(d: &Delivery<'_>) -> Self {
+        OwnedDelivery {
+            id: d.id.to_string(),
+            body_sha: d.body_sha.to_string(),
+            event: d.event.to_string(),
+            repo: d.repo.to_string(),
+            source: d.source.to_string(),
+            body: d.body.to_vec(),
+            pushed: d
+                .pushed
+                .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())),
+            commits: d.commits.to_vec(),
+            markers: d.markers.to_vec(),
+            forwards: d.forwards.to_vec(),
+            now_ms: d.now_ms,
+            replay_window_ms: d.replay_window_ms,
+        }
+    }
+}
+
+impl OwnedDelivery {
+    fn view(&self) -> Delivery<'_> {
+        Delivery {
+            id: &self.id,
+            body_sha: &self.body_sha,
+            event: &self.event,
+            repo: &self.repo,
+            source: &self.source,
+            body: &self.body,
+            pushed: self
+                .pushed
+                .as_ref()
+                .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())),
+            commits: &self.commits,
+            markers: &self.markers,
+            forwards: &self.forwards,
+            now_ms: self.now_ms,
+            replay_window_ms: self.replay_window_ms,
+        }
+    }
+}
+
 impl HookStore for SqliteStore {
     fn receive(&self, d: &Delivery<'_>) -> Result<Received, StoreError> {
-        self.with(|conn| {
+        // Group commit: whoever holds the connection records every delivery queued so far in
+        // one transaction (one fsync), and hands each waiting caller its own result.
+        let slot = Arc::new(Slot::default());
+        self.queue
+            .lock()
+            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?
+            .push((OwnedDelivery::from(d), slot.clone()));
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?;
+        if let Some(done) = slot.take() {
+            return done.map_err(|e| self.error(e));
+        }
+        let batch = std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?,
+        );
+        let results = (|| {
             let tx = conn.transaction()?;
-            let since = d.now_ms - d.replay_window_ms;
-            let same_id: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT body_sha, received FROM deliveries WHERE delivery = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
-                    params![d.id, since],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((body_sha, first)) = same_id {
-                return Ok(if body_sha == d.body_sha {
-                    Received::Duplicate {
-                        delivery: d.id.to_string(),
-                        first_seen_ms: first,
-                        same_id: true,
-                    }
-                } else {
-                    Received::Conflict
-                });
-            }
-            let same_body: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT delivery, received FROM deliveries WHERE body_sha = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
-                    params![d.body_sha, since],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((delivery, first)) = same_body {
-                return Ok(Received::Duplicate {
-                    delivery,
-                    first_seen_ms: first,
-                    same_id: false,
-                });
-            }
-            tx.execute(
-                "INSERT INTO deliveries (delivery, body_sha, event, repo, source, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![d.id, d.body_sha, d.event, d.repo, d.source, d.now_ms],
-            )?;
-            let verified_pusher = match d.pushed {
-                Some((repo, git_ref, sha)) => pusher_of(
-                    tx.query_row(
-                        "SELECT pusher FROM pushes WHERE repo = ?1 AND sha = ?2 AND git_ref = ?3 ORDER BY at DESC LIMIT 1",
-                        params![repo.to_ascii_lowercase(), sha, git_ref],
-                        |r| r.get(0),
-                    )
-                    .optional()?,
-                ),
-                None => None,
-            };
-            let pusher_text = pusher_json(&verified_pusher);
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO commits (sha, repo, repo_url, git_ref, before_sha, after_sha,
-                        author_name, author_email, author_username, committer_name, committer_email,
-                        committer_username, title, timestamp, url, pusher, verified_pusher, delivery, received)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-                     ON CONFLICT (sha, repo) DO UPDATE SET
-                        verified_pusher = COALESCE(commits.verified_pusher, excluded.verified_pusher)",
-                )?;
-                for c in &d.commits {
-                    insert.execute(params![
-                        c.sha,
-                        c.repo,
-                        c.repo_url,
-                        c.git_ref,
-                        c.before,
-                        c.after,
-                        c.author_name,
-                        c.author_email,
-                        c.author_username,
-                        c.committer_name,
-                        c.committer_email,
-                        c.committer_username,
-                        c.title,
-                        c.timestamp,
-                        c.url,
-                        c.pusher,
-                        pusher_text,
-                        d.id,
-                        d.now_ms
-                    ])?;
-                }
-            }
-            for m in &d.markers {
-                // A release names its tag; the tag's SHA comes from the earlier `create`.
-                let sha = match &m.sha {
-                    Some(s) => Some(s.clone()),
-                    None => tx
-                        .query_row(
-                            "SELECT sha FROM markers WHERE repo = ?1 AND name = ?2 AND kind = 'tag'",
-                            params![m.repo, m.name],
-                            |r| r.get::<_, Option<String>>(0),
-                        )
-                        .optional()?
-                        .flatten(),
-                };
-                tx.execute(
-                    "INSERT INTO markers (repo, name, kind, sha, received) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (repo, name, kind) DO UPDATE SET sha = excluded.sha, received = excluded.received",
-                    params![m.repo, m.name, m.kind, sha, d.now_ms],
-                )?;
-            }
-            let mut outbox = Vec::with_capacity(d.forwards.len());
-            for f in &d.forwards {
-                tx.execute(
-                    "INSERT INTO outbox (delivery, receiver, event, repo, body, pusher, state, attempts, next_at, created, updated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
-                    params![d.id, f.receiver, d.event, d.repo, d.body, pusher_text, d.now_ms],
-                )?;
-                outbox.push(tx.last_insert_rowid());
+            let mut results = Vec::with_capacity(batch.len());
+            for (d, _) in &batch {
+                results.push(record(&tx, &d.view())?);
             }
             tx.commit()?;
-            Ok(Received::New {
-                verified_pusher,
-                outbox,
-            })
-        })
+            Ok::<_, rusqlite::Error>(results)
+        })();
+        // Results are handed out before the connection is released: a caller that gets it
+        // next finds its result waiting.
+        match results {
+            Ok(results) => {
+                for ((_, s), r) in batch.iter().zip(results) {
+                    s.put(Ok(r));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for (_, s) in &batch {
+                    s.put(Err(text.clone()));
+                }
+            }
+        }
+        drop(conn);
+        slot.take()
+            .unwrap_or_else(|| Err("the delivery was not recorded".into()))
+            .map_err(|e| self.error(e))
     }
 
     fn note_push(
@@ -625,13 +765,13 @@ impl HookStore for SqliteStore {
             let rows = match state {
                 Some(s) => conn
                     .prepare_cached(&format!(
-                        "SELECT {FORWARD_COLUMNS} FROM outbox WHERE state = ?1 ORDER BY id LIMIT ?2"
+                        "SELECT {FORWARD_COLUMNS} FROM outbox WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
                     .query_map(params![s.as_str(), limit as i64], forward_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => conn
                     .prepare_cached(&format!(
-                        "SELECT {FORWARD_COLUMNS} FROM outbox ORDER BY id LIMIT ?1"
+                        "SELECT {FORWARD_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?1"
                     ))?
                     .query_map(params![limit as i64], forward_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
@@ -676,10 +816,13 @@ impl HookStore for SqliteStore {
                 "DELETE FROM commits WHERE received < ?1",
                 params![r.now_ms - r.commit_retention_ms],
             )?;
-            commits += tx.execute(
-                "DELETE FROM commits WHERE rowid IN (SELECT rowid FROM commits ORDER BY received DESC LIMIT -1 OFFSET ?1)",
-                params![r.commit_max as i64],
-            )?;
+            let count: i64 = tx.query_row("SELECT COUNT(*) FROM commits", [], |r| r.get(0))?;
+            if count as u64 > r.commit_max {
+                commits += tx.execute(
+                    "DELETE FROM commits WHERE received < (SELECT received FROM commits ORDER BY received DESC LIMIT 1 OFFSET ?1)",
+                    params![r.commit_max as i64],
+                )?;
+            }
             tx.execute(
                 "DELETE FROM markers WHERE received < ?1",
                 params![r.now_ms - r.commit_retention_ms],
@@ -700,5 +843,124 @@ impl HookStore for SqliteStore {
                 forwards: forwards as u64,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery<'a>(
+        id: &'a str,
+        body: &'a [u8],
+        body_sha: &'a str,
+        commits: &'a [CommitRecord],
+    ) -> Delivery<'a> {
+        Delivery {
+            id,
+            body_sha,
+            event: "push",
+            repo: "platform/app",
+            source: "gogs",
+            body,
+            pushed: None,
+            commits,
+            markers: &[],
+            forwards: Box::leak(Box::new([NewForward {
+                receiver: "ci".into(),
+            }])),
+            now_ms: 1_000_000,
+            replay_window_ms: 60_000,
+        }
+    }
+
+    fn commit(sha: &str) -> CommitRecord {
+        CommitRecord {
+            sha: sha.into(),
+            repo: "platform/app".into(),
+            title: format!("commit {sha}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_deliveries_are_each_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let id = format!("d-{t}-{i}");
+                        let sha = format!("{t:020x}{i:020x}");
+                        for round in 0..2 {
+                            let got = store
+                                .receive(&delivery(&id, id.as_bytes(), &id, &[commit(&sha)]))
+                                .unwrap();
+                            match (round, got) {
+                                (0, Received::New { outbox, .. }) => assert_eq!(outbox.len(), 1),
+                                (1, Received::Duplicate { same_id: true, .. }) => {}
+                                (r, other) => panic!("round {r}: {other:?}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.counts().unwrap().pending, 400);
+    }
+
+    #[test]
+    fn replays_conflicts_and_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let a = "aaaaaaa1111111111111111111111111111111111";
+        let b = "aaaaaaa2222222222222222222222222222222222";
+        let first = store
+            .receive(&delivery(
+                "one",
+                b"body",
+                "h1",
+                &[commit(&a[..40]), commit(&b[..40])],
+            ))
+            .unwrap();
+        assert!(matches!(first, Received::New { .. }));
+        // The same body under a new id is a replay of the first.
+        assert_eq!(
+            store.receive(&delivery("two", b"body", "h1", &[])).unwrap(),
+            Received::Duplicate {
+                delivery: "one".into(),
+                first_seen_ms: 1_000_000,
+                same_id: false
+            }
+        );
+        // The same id with another body is a conflict.
+        assert_eq!(
+            store
+                .receive(&delivery("one", b"other", "h2", &[]))
+                .unwrap(),
+            Received::Conflict
+        );
+        assert!(matches!(store.commit("aaaaaaa").unwrap(), Lookup::Ambiguous(v) if v.len() == 2));
+        assert!(
+            matches!(store.commit("aaaaaaa1").unwrap(), Lookup::Found(v) if v[0].sha == a[..40])
+        );
+        assert_eq!(
+            store.commit("aaaaaa").unwrap(),
+            Lookup::NotFound,
+            "shorter than 7"
+        );
+        assert_eq!(store.commit("bbbbbbb").unwrap(), Lookup::NotFound);
+        // Outside the replay window the delivery is new again.
+        let mut later = delivery("one", b"body", "h1", &[]);
+        later.now_ms += 120_000;
+        assert!(matches!(
+            store.receive(&later).unwrap(),
+            Received::New { .. }
+        ));
     }
 }

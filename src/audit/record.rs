@@ -230,10 +230,34 @@ pub fn cap_list(values: &[String], field: &str, truncated: &mut Vec<String>) -> 
         .collect()
 }
 
-/// RFC 3339 UTC with microseconds.
+/// RFC 3339 UTC with microseconds (`2026-11-01T12:00:00.123456Z`), written directly: every
+/// request formats two of these, and chrono's format strings cost more than the rest of the
+/// record.
 pub fn timestamp(t: std::time::SystemTime) -> String {
+    use chrono::{Datelike, Timelike};
     let dt: chrono::DateTime<chrono::Utc> = t.into();
-    dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    let (y, mo, d) = (dt.year(), dt.month(), dt.day());
+    let (h, mi, s) = (dt.hour(), dt.minute(), dt.second());
+    // A leap second shows as nanosecond >= 1e9; keep it within the field.
+    let us = (dt.nanosecond() / 1000).min(999_999);
+    if !(0..=9999).contains(&y) {
+        return dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u32);
+    put(5, 2, mo);
+    put(8, 2, d);
+    put(11, 2, h);
+    put(14, 2, mi);
+    put(17, 2, s);
+    put(20, 6, us);
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Microseconds since the Unix epoch of a record's `time`. The writer's own format
@@ -312,6 +336,28 @@ mod tests {
         assert_eq!(t, ["path"]);
         assert_eq!(cap("short", "x", &mut t), "short");
         assert_eq!(t, ["path"]);
+    }
+
+    #[test]
+    fn timestamps_match_chrono_formatting() {
+        for secs in [
+            0u64,
+            1,
+            59,
+            951_782_400,
+            1_700_000_000,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            for nanos in [0u32, 1_000, 999_999_999, 123_456_789] {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+                let dt: chrono::DateTime<chrono::Utc> = t.into();
+                assert_eq!(
+                    timestamp(t),
+                    dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+                );
+            }
+        }
     }
 
     #[test]

@@ -131,6 +131,26 @@ impl Draft {
     }
 }
 
+/// Writes the request's record and waits until it is written: nothing is done for the request
+/// before it is on record. On failure the draft takes back what the record knew, so the
+/// refusal (503) is recorded instead, and `what` says in the log what was refused.
+pub async fn write_first(
+    log: &AuditLog,
+    draft: &mut Draft,
+    arrival: &Arrival<'_>,
+    what: &str,
+) -> Result<(), super::error::ProxyError> {
+    let record = record(draft, arrival, None);
+    let id = record.id.clone();
+    if let Err(refused) = log.write(record).await {
+        draft.restore(refused.record, &refused.why.0);
+        tracing::error!(error = %refused.why, "{what} refused: its audit record cannot be written");
+        return Err(super::error::ProxyError::AuditUnavailable);
+    }
+    draft.written = Some(id);
+    Ok(())
+}
+
 fn action(request: &PolicyRequest, t: &mut Vec<String>) -> Option<Action> {
     let (kind, repository, refs, services) = match &request.resource {
         Resource::None => return None,

@@ -128,14 +128,7 @@ pub async fn serve(
         .map_err(|_| ProxyError::ExportBusy)?;
 
     // The export is on record before anything of the log leaves.
-    let record = super::audit::record(draft, arrival, None);
-    let record_id = record.id.clone();
-    if let Err(refused) = log.write(record).await {
-        draft.restore(refused.record, &refused.why.0);
-        tracing::error!(error = %refused.why, "audit export refused: its audit record cannot be written");
-        return Err(ProxyError::AuditUnavailable);
-    }
-    draft.written = Some(record_id);
+    super::audit::write_first(log, draft, arrival, "an audit export").await?;
 
     let dir = audit.dir.clone();
     let key_file = audit.signing_key_file.clone();

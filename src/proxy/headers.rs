@@ -214,6 +214,19 @@ pub fn strip_response(headers: &mut HeaderMap, switching_protocols: bool) {
     }
 }
 
+/// The declared body length, if any; a value that is not a number is malformed framing.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or(ProxyError::Framing("malformed Content-Length"))
+        })
+        .transpose()
+}
+
 /// A request id a trusted peer sent is reused only when it is short and plain.
 pub fn usable_request_id(value: &HeaderValue) -> bool {
     let b = value.as_bytes();

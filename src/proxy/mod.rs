@@ -396,12 +396,7 @@ impl Gateway {
         let route = rt.routes.lookup(&host, path)?.clone();
         draft.route = Some(route.config.name.clone());
         let (mut parts, body) = req.into_parts();
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or(ProxyError::Framing("malformed Content-Length"))?;
+        if let Some(len) = headers::content_length(&parts.headers)? {
             let limit = route.config.max_body_bytes;
             if len > limit {
                 return Err(Failure {
@@ -471,22 +466,22 @@ impl Gateway {
         };
 
         // Stage 7: the decision is on record before anything is forwarded.
-        let record = audit::record(draft, arrival, None);
-        let record_id = record.id.clone();
         match route.config.audit {
             AuditRequirement::Required => {
-                if let Err(refused) = self.audit.write(record).await {
-                    draft.restore(refused.record, &refused.why.0);
-                    tracing::error!(route = %route.config.name, error = %refused.why, "request refused: its audit record cannot be written");
+                let what = format!("a request to route {}", route.config.name);
+                if let Err(error) = audit::write_first(&self.audit, draft, arrival, &what).await {
                     return Err(Failure {
-                        error: ProxyError::AuditUnavailable,
+                        error,
                         route: Some(route),
                     });
                 }
             }
-            AuditRequirement::BestEffort => self.audit.submit(record),
+            AuditRequirement::BestEffort => {
+                let record = audit::record(draft, arrival, None);
+                draft.written = Some(record.id.clone());
+                self.audit.submit(record);
+            }
         }
-        draft.written = Some(record_id);
         draft.progress = inbound.progress.clone();
         if let (Some(svc), Some((repo, refs)), Some(c)) = (&self.webhooks, pushed, &caller) {
             svc.note_push(

@@ -144,15 +144,8 @@ async fn receive_delivery(
     }
     let max = hooks.config.max_body;
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or(ProxyError::Framing("malformed Content-Length"))?;
-        if len > max {
-            return Err(too_large(max));
-        }
+    if super::headers::content_length(&parts.headers)?.is_some_and(|len| len > max) {
+        return Err(too_large(max));
     }
     let bytes: Bytes = match tokio::time::timeout(
         BODY_TIMEOUT,
@@ -229,14 +222,7 @@ async fn receive_delivery(
         )
     });
     draft.detail = Some(format!("delivery {}", v.delivery));
-    let record = super::audit::record(draft, arrival, None);
-    let record_id = record.id.clone();
-    if let Err(refused) = log.write(record).await {
-        draft.restore(refused.record, &refused.why.0);
-        tracing::error!(error = %refused.why, "webhook refused: its audit record cannot be written");
-        return Err(ProxyError::AuditUnavailable);
-    }
-    draft.written = Some(record_id);
+    super::audit::write_first(log, draft, arrival, "a webhook delivery").await?;
 
     let store = svc.store.clone();
     let window = hooks.config.replay_window.as_millis() as i64;

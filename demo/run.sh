@@ -316,7 +316,7 @@ grep -q 'chain verified' "$WORK/out" || fail "audit export did not report a veri
 head -1 "$WORK/audit.csv" | grep -q '^time,kind,replica,seq,' || fail "the CSV export has no header row"
 grep -q ',git_push,' "$WORK/audit.csv" || fail "the CSV export has no git push row"
 say "$(($(wc -l <"$WORK/audit.csv") - 1)) rows in $WORK/audit.csv, e.g. the push:"
-grep -m1 ',git_push,' "$WORK/audit.csv" | cut -c1-160 | sed 's/^/    /'
+grep -m1 ',POST,.*,git_push,' "$WORK/audit.csv" | cut -c1-160 | sed 's/^/    /'
 
 ELAPSED_MS=$((($(date +%s%N) - START) / 1000000))
 printf '\nAll steps passed in %d.%03ds (after the build). Stopping the git server and the gateway.\n' \

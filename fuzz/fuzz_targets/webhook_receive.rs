@@ -47,6 +47,22 @@ fn hooks() -> &'static Hooks {
     })
 }
 
+fn delivery<'a>(
+    event: &'a [u8],
+    content_type: &'a [u8],
+    body: &'a [u8],
+    sig: &'a [u8],
+) -> Inbound<'a> {
+    Inbound {
+        event: Some(event),
+        delivery: Some(b"3f2a9c4e-6a1b-4e8e-9d3c-1a2b3c4d5e6f"),
+        signature: Some(sig),
+        content_type: Some(content_type),
+        body,
+        now_ms: 1_700_000_000_000,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == b'\n');
     let event = parts.next().unwrap_or_default();
@@ -63,22 +79,33 @@ fuzz_target!(|data: &[u8]| {
     };
     let signature = gogs_signature(SECRET.as_bytes(), body);
     let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
-    let inbound = |sig: &[u8]| Inbound {
-        event: Some(event),
-        delivery: Some(b"3f2a9c4e-6a1b-4e8e-9d3c-1a2b3c4d5e6f"),
-        signature: Some(sig),
-        content_type: Some(content_type),
-        body: &sent,
-        now_ms: 1_700_000_000_000,
-    };
-    let first = receive(hooks(), &store, &inbound(signature.as_bytes()));
+    let first = receive(
+        hooks(),
+        &store,
+        &delivery(event, content_type, &sent, signature.as_bytes()),
+    );
     if let Ok(receipt) = &first {
         assert!(matches!(receipt.outcome, Received::New { .. }));
-        let again = receive(hooks(), &store, &inbound(signature.as_bytes())).unwrap();
-        assert!(matches!(again.outcome, Received::Duplicate { same_id: true, .. }));
+        let again = receive(
+            hooks(),
+            &store,
+            &delivery(event, content_type, &sent, signature.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(
+            again.outcome,
+            Received::Duplicate { same_id: true, .. }
+        ));
     }
     let mut wrong = signature.into_bytes();
     wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
     let fresh = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
-    assert!(receive(hooks(), &fresh, &inbound(&wrong)).is_err());
+    assert!(
+        receive(
+            hooks(),
+            &fresh,
+            &delivery(event, content_type, &sent, &wrong)
+        )
+        .is_err()
+    );
 });

@@ -453,12 +453,15 @@ async fn a_push_through_the_gateway_is_attributed_to_the_person_and_forwarded_on
             .unwrap_or_else(|| panic!("no outcome for {r:#?}"))
             .clone()
     };
+    let done = outcome_of(first);
     assert!(
-        outcome_of(first)
-            .detail
+        done.detail
+            .as_deref()
             .unwrap()
             .contains("verified pusher alice")
     );
+    assert_eq!(done.status, Some(200));
+    assert_eq!(done.bytes_in, Some(body.len() as u64));
     assert!(
         outcome_of(received[1])
             .detail
@@ -591,6 +594,14 @@ async fn deliveries_that_are_not_genuine_are_refused_and_nothing_queued_is_lost(
         assert_eq!(status, want, "{what}: {text}");
         assert!(text.contains(says), "{what}: {text}");
     }
+    // Only POST, and the answer says so.
+    let get = format!(
+        "GET /.gatehouse/hooks/gogs HTTP/1.1\r\nHost: {HOST}:{}\r\nConnection: close\r\n\r\n",
+        gw.port()
+    );
+    let r = exchange(gw.https, &ca.ca(), HOST, get.as_bytes()).await;
+    assert_eq!(r.status(), Some(405), "{}", r.text);
+    assert_eq!(r.header("allow").as_deref(), Some("POST"), "{}", r.text);
     // Too large: refused on the declared length, before the body is read or hashed...
     let head = format!(
         "POST /.gatehouse/hooks/gogs HTTP/1.1\r\nHost: {HOST}:{}\r\nContent-Type: {json}\r\nX-Gogs-Event: push\r\nX-Gogs-Delivery: 33333333-3333-4333-8333-333333333333\r\nX-Gogs-Signature: {vector_sig}\r\nContent-Length: {}\r\n\r\n",

@@ -67,9 +67,7 @@ pub async fn serve(
         return Err(ProxyError::UnknownEndpoint);
     };
     if req.method() != Method::GET {
-        return Err(ProxyError::MethodNotAllowed(
-            "other than GET on this endpoint",
-        ));
+        return Err(ProxyError::EndpointMethod { allow: "GET" });
     }
     let (mut parts, _body) = req.into_parts();
     let identity = &ctx.rt.identity;

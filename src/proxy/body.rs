@@ -72,6 +72,13 @@ impl Progress {
         self.bytes.load(Ordering::Acquire)
     }
 
+    /// A body read whole elsewhere (a webhook delivery): its length, for the outcome record.
+    pub fn of_length(n: u64) -> Arc<Self> {
+        let p = Progress::new();
+        p.bytes.store(n, Ordering::Release);
+        p
+    }
+
     fn touch(&self) {
         self.last_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);

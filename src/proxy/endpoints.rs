@@ -39,9 +39,7 @@ fn get_only(method: &Method) -> Result<(), ProxyError> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(ProxyError::MethodNotAllowed(
-            "other than GET or HEAD on this endpoint",
-        ))
+        Err(ProxyError::EndpointMethod { allow: "GET, HEAD" })
     }
 }
 
@@ -307,8 +305,6 @@ async fn logout(
             h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
             Ok(r)
         }
-        _ => Err(ProxyError::MethodNotAllowed(
-            "other than GET or POST on this endpoint",
-        )),
+        _ => Err(ProxyError::EndpointMethod { allow: "GET, POST" }),
     }
 }

@@ -30,6 +30,9 @@ pub enum ProxyError {
     ConnectionNamesEndToEnd(&'static str),
     #[error("method {0} is not accepted by this gateway")]
     MethodNotAllowed(&'static str),
+    /// A gateway endpoint answers only `allow` (sent back in `Allow`).
+    #[error("this endpoint accepts only {allow}")]
+    EndpointMethod { allow: &'static str },
     #[error("no route serves this host")]
     UnknownHost,
     #[error("no route serves this path")]
@@ -86,7 +89,7 @@ impl ProxyError {
             | ConnectionNamesEndToEnd(_)
             | BodyMalformed => StatusCode::BAD_REQUEST,
             SniMismatch | UnknownHost => StatusCode::MISDIRECTED_REQUEST,
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed(_) | EndpointMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
             NoRoute | UnknownEndpoint => StatusCode::NOT_FOUND,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -115,7 +118,7 @@ impl ProxyError {
             SniMismatch => "sni_mismatch",
             Path(_) => "path",
             ConnectionNamesEndToEnd(_) => "connection_header",
-            MethodNotAllowed(_) => "method",
+            MethodNotAllowed(_) | EndpointMethod { .. } => "method",
             UnknownHost => "unknown_host",
             NoRoute | UnknownEndpoint => "no_route",
             BodyTooLarge(_) => "body_too_large",

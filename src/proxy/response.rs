@@ -247,6 +247,10 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
+    if let ProxyError::EndpointMethod { allow } = err {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
     if let ProxyError::MethodNotAllowed(_) = err {
         resp.headers_mut().insert(
             header::ALLOW,

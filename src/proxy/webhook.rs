@@ -138,9 +138,7 @@ async fn receive_delivery(
     };
     draft.kind = Kind::Webhook;
     if req.method() != Method::POST {
-        return Err(ProxyError::MethodNotAllowed(
-            "other than POST on the webhook endpoint",
-        ));
+        return Err(ProxyError::EndpointMethod { allow: "POST" });
     }
     let max = hooks.config.max_body;
     let (parts, body) = req.into_parts();
@@ -158,6 +156,7 @@ async fn receive_delivery(
         Ok(Err(_)) => return Err(ProxyError::BodyMalformed),
         Ok(Ok(c)) => c.to_bytes(),
     };
+    draft.progress = Some(super::body::Progress::of_length(bytes.len() as u64));
     let h = &parts.headers;
     let owned = |name: &str| h.get(name).map(|v| v.as_bytes().to_vec());
     let (event, delivery, signature, content_type) = (

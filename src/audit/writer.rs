@@ -1,4 +1,4 @@
-//! The audit writer: one thread owns the files, takes records from a bounded queue in
+//! The audit writer: one task (or thread) owns the files, takes records from a bounded queue in
 //! batches (group commit), chains and writes them, syncs per the fsync policy, rotates, and
 //! writes signed checkpoints.
 //!
@@ -153,13 +153,20 @@ impl AuditLog {
             healthy,
             metrics,
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx, background_rx))
-            .map_err(|e| StartError::Dir {
-                dir: PathBuf::new(),
-                message: format!("cannot start the writer thread: {e}"),
-            })?;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                rt.spawn(writer.run_async(rx, background_rx));
+            }
+            _ => {
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || writer.run(rx, background_rx))
+                    .map_err(|e| StartError::Dir {
+                        dir: PathBuf::new(),
+                        message: format!("cannot start the writer thread: {e}"),
+                    })?;
+            }
+        }
         // A ticker drives interval fsyncs, checkpoints and retries.
         let ticker = tx;
         std::thread::Builder::new()
@@ -269,6 +276,18 @@ impl AuditLog {
     }
 }
 
+/// Runs `f`, which may wait on the disk: as a writer task on a multi-threaded runtime, the
+/// worker hands its other tasks on first (`block_in_place`), so an fsync stalls no request
+/// that is not waiting for it.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The thread that runs batch-policy fsyncs.
 fn start_syncer(
     metrics: Arc<AuditMetrics>,
@@ -365,6 +384,7 @@ struct Writer {
 }
 
 impl Writer {
+    /// The writer on its own thread (outside a multi-threaded runtime: tools, tests).
     fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
@@ -374,62 +394,104 @@ impl Writer {
         // at once instead of waiting for a wake-up.
         let mut more = false;
         loop {
-            let mut batch = Vec::new();
-            if more {
-                if let Ok(m) = rx.try_recv() {
-                    batch.push(m);
-                }
+            let first = if more {
+                rx.try_recv().ok()
             } else {
                 match rx.blocking_recv() {
-                    Some(m) => batch.push(m),
+                    Some(m) => Some(m),
                     None => break,
                 }
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            // Records nobody waits for were handed over earlier: they go first.
-            let mut records: Vec<(Box<Record>, Option<Ack>)> = Vec::with_capacity(batch.len());
-            while records.len() < MAX_BATCH {
-                match background.try_recv() {
-                    Ok(r) => records.push((r, None)),
-                    Err(_) => break,
-                }
-            }
-            more = records.len() == MAX_BATCH;
-            let mut shutdown = None;
-            let mut tick = false;
-            for m in batch {
-                match m {
-                    Msg::Record(r, ack) => records.push((r, ack)),
-                    Msg::Tick => tick = true,
-                    Msg::Shutdown(done) => shutdown = Some(done),
-                }
-            }
-            if !self.pending.is_empty() {
-                let retry: Vec<(Box<Record>, Option<Ack>)> =
-                    self.pending.drain(..).map(|r| (r, None)).collect();
-                records.splice(0..0, retry);
-            }
-            if !records.is_empty() {
-                self.append(records);
-            }
-            if tick {
-                self.on_tick();
-            }
-            if let Some(done) = shutdown {
-                self.drain(&background);
-                self.checkpoint("shutdown");
-                self.sync();
-                let _ = done.send(());
-                return;
+            };
+            match self.step(first, &mut rx, &background) {
+                Some(m) => more = m,
+                None => return,
             }
         }
-        // Every handle is gone: finish cleanly.
-        self.drain(&background);
+        self.finish(&background);
+    }
+
+    /// The writer as a task of the gateway's runtime: handing it a record wakes a task on
+    /// the same worker, not another thread, so a request costs no context switch. Its file
+    /// writes go to the page cache; fsyncs run on the syncer thread.
+    async fn run_async(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        background: std::sync::mpsc::Receiver<Box<Record>>,
+    ) {
+        let mut more = false;
+        loop {
+            let first = if more {
+                tokio::task::yield_now().await;
+                rx.try_recv().ok()
+            } else {
+                match rx.recv().await {
+                    Some(m) => Some(m),
+                    None => break,
+                }
+            };
+            match self.step(first, &mut rx, &background) {
+                Some(m) => more = m,
+                None => return,
+            }
+        }
+        self.finish(&background);
+    }
+
+    /// One batch: what is queued, then ticks and shutdown. `None` once shut down; otherwise
+    /// whether records were left behind in the background queue.
+    fn step(
+        &mut self,
+        first: Option<Msg>,
+        rx: &mut mpsc::Receiver<Msg>,
+        background: &std::sync::mpsc::Receiver<Box<Record>>,
+    ) -> Option<bool> {
+        let mut batch: Vec<Msg> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        // Records nobody waits for were handed over earlier: they go first.
+        let mut records: Vec<(Box<Record>, Option<Ack>)> = Vec::with_capacity(batch.len());
+        while records.len() < MAX_BATCH {
+            match background.try_recv() {
+                Ok(r) => records.push((r, None)),
+                Err(_) => break,
+            }
+        }
+        let more = records.len() == MAX_BATCH;
+        let mut shutdown = None;
+        let mut tick = false;
+        for m in batch {
+            match m {
+                Msg::Record(r, ack) => records.push((r, ack)),
+                Msg::Tick => tick = true,
+                Msg::Shutdown(done) => shutdown = Some(done),
+            }
+        }
+        if !self.pending.is_empty() {
+            let retry: Vec<(Box<Record>, Option<Ack>)> =
+                self.pending.drain(..).map(|r| (r, None)).collect();
+            records.splice(0..0, retry);
+        }
+        if !records.is_empty() {
+            self.append(records);
+        }
+        if tick {
+            self.on_tick();
+        }
+        if let Some(done) = shutdown {
+            self.finish(background);
+            let _ = done.send(());
+            return None;
+        }
+        Some(more)
+    }
+
+    /// Everything queued, a final checkpoint, a sync.
+    fn finish(&mut self, background: &std::sync::mpsc::Receiver<Box<Record>>) {
+        self.drain(background);
         self.checkpoint("shutdown");
         self.sync();
     }
@@ -455,6 +517,10 @@ impl Writer {
 
     /// Opens a new file (after checkpointing the current one).
     fn rotate(&mut self) -> std::io::Result<()> {
+        off_runtime(|| self.rotate_now())
+    }
+
+    fn rotate_now(&mut self) -> std::io::Result<()> {
         if self.file.is_some() {
             self.checkpoint("rotation");
             self.sync();
@@ -620,7 +686,12 @@ impl Writer {
         }
     }
 
+    /// Syncs the current file (checkpoints, rotation, shutdown, `fsync = "always"`).
     fn sync(&mut self) {
+        off_runtime(|| self.sync_now())
+    }
+
+    fn sync_now(&mut self) {
         if let Some(f) = &self.file
             && f.sync_data().is_ok()
         {
@@ -631,6 +702,10 @@ impl Writer {
 
     /// Signs the latest record's position into `<file>.checkpoints` (and the mirror).
     fn checkpoint(&mut self, reason: &str) {
+        off_runtime(|| self.checkpoint_now(reason))
+    }
+
+    fn checkpoint_now(&mut self, reason: &str) {
         if self.file.is_none() || self.seq == self.checkpointed_seq {
             return;
         }

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attribution;
 pub mod audit;
 pub mod broker;
 pub mod certs;

@@ -365,21 +365,21 @@ impl<'s> Names<'s> {
     }
 }
 
-const WT_VARINT: u8 = 0;
-const WT_I64: u8 = 1;
-const WT_LEN: u8 = 2;
-const WT_I32: u8 = 5;
+pub(crate) const WT_VARINT: u8 = 0;
+pub(crate) const WT_I64: u8 = 1;
+pub(crate) const WT_LEN: u8 = 2;
+pub(crate) const WT_I32: u8 = 5;
 const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 
 #[derive(Debug, Clone, Copy)]
-struct Tag {
-    offset: usize,
-    field: u32,
-    wire_type: u8,
+pub(crate) struct Tag {
+    pub(crate) offset: usize,
+    pub(crate) field: u32,
+    pub(crate) wire_type: u8,
 }
 
 impl Tag {
-    fn expect(self, expected: u8) -> Result<(), OtlpError> {
+    pub(crate) fn expect(self, expected: u8) -> Result<(), OtlpError> {
         if self.wire_type == expected {
             Ok(())
         } else {
@@ -396,14 +396,14 @@ impl Tag {
 /// A position inside one message of the body: `buf` is the whole body (so offsets in errors
 /// are absolute) and `end` the end of the message being read.
 #[derive(Debug, Clone, Copy)]
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
-    pos: usize,
-    end: usize,
+    pub(crate) pos: usize,
+    pub(crate) end: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Cursor {
             buf,
             pos: 0,
@@ -411,7 +411,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn at_end(&self) -> bool {
+    pub(crate) fn at_end(&self) -> bool {
         self.pos >= self.end
     }
 
@@ -425,7 +425,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A varint; `field` is where the field it belongs to starts, for errors.
-    fn varint(&mut self, field: usize) -> Result<u64, OtlpError> {
+    pub(crate) fn varint(&mut self, field: usize) -> Result<u64, OtlpError> {
         let start = self.pos;
         let mut value = 0u64;
         for i in 0..10 {
@@ -445,7 +445,7 @@ impl<'a> Cursor<'a> {
         Err(OtlpError::VarintOverflow { offset: start })
     }
 
-    fn tag(&mut self) -> Result<Tag, OtlpError> {
+    pub(crate) fn tag(&mut self) -> Result<Tag, OtlpError> {
         let offset = self.pos;
         let key = self.varint(offset)?;
         let number = key >> 3;
@@ -475,7 +475,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a length prefix and returns a cursor over the bytes it counts.
-    fn len_delimited(&mut self, field: usize) -> Result<Cursor<'a>, OtlpError> {
+    pub(crate) fn len_delimited(&mut self, field: usize) -> Result<Cursor<'a>, OtlpError> {
         let len = self.varint(field)?;
         let available = self.end - self.pos;
         let len = match usize::try_from(len) {
@@ -492,7 +492,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The rest of this cursor as a string.
-    fn utf8(self) -> Result<&'a str, OtlpError> {
+    pub(crate) fn utf8(self) -> Result<&'a str, OtlpError> {
         let bytes = self
             .buf
             .get(self.pos..self.end)
@@ -502,7 +502,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn skip(&mut self, tag: Tag) -> Result<(), OtlpError> {
+    pub(crate) fn skip(&mut self, tag: Tag) -> Result<(), OtlpError> {
         match tag.wire_type {
             WT_VARINT => self.varint(tag.offset).map(drop),
             WT_I64 => self.advance(8, tag.offset),

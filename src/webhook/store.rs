@@ -212,6 +212,8 @@ pub trait HookStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Commits by full SHA or by an unambiguous prefix of at least 7 hex digits.
     fn commit(&self, sha: &str) -> Result<Lookup, StoreError>;
+    /// The SHA the latest push delivery moved `git_ref` of `repo` (any case) to.
+    fn head(&self, repo: &str, git_ref: &str) -> Result<Option<String>, StoreError>;
     /// Pending forwards due by `now_ms`, leased for `lease_ms` so they are not taken twice.
     fn take_due(
         &self,
@@ -258,6 +260,9 @@ CREATE TABLE IF NOT EXISTS markers (
     repo TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, sha TEXT,
     received INTEGER NOT NULL, PRIMARY KEY (repo, name, kind)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS markers_sha ON markers (sha);
+CREATE TABLE IF NOT EXISTS heads (
+    repo TEXT NOT NULL, git_ref TEXT NOT NULL, sha TEXT NOT NULL, received INTEGER NOT NULL,
+    PRIMARY KEY (repo, git_ref)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pushes (
     repo TEXT NOT NULL, sha TEXT NOT NULL, git_ref TEXT NOT NULL, pusher TEXT NOT NULL,
     at INTEGER NOT NULL, PRIMARY KEY (repo, sha, git_ref)) WITHOUT ROWID;
@@ -401,6 +406,15 @@ fn record(tx: &rusqlite::Transaction<'_>, d: &Delivery<'_>) -> rusqlite::Result<
         None => None,
     };
     let pusher_text = pusher_json(&verified_pusher);
+    if let Some((repo, git_ref, sha)) = d.pushed
+        && !sha.bytes().all(|b| b == b'0')
+    {
+        tx.prepare_cached(
+            "INSERT INTO heads (repo, git_ref, sha, received) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (repo, git_ref) DO UPDATE SET sha = excluded.sha, received = excluded.received",
+        )?
+        .execute(params![repo.to_ascii_lowercase(), git_ref, sha, d.now_ms])?;
+    }
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO commits (sha, repo, repo_url, git_ref, before_sha, after_sha,
@@ -688,6 +702,14 @@ impl HookStore for SqliteStore {
         })
     }
 
+    fn head(&self, repo: &str, git_ref: &str) -> Result<Option<String>, StoreError> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT sha FROM heads WHERE repo = ?1 AND git_ref = ?2")?
+                .query_row(params![repo.to_ascii_lowercase(), git_ref], |r| r.get(0))
+                .optional()
+        })
+    }
+
     fn take_due(
         &self,
         now_ms: i64,
@@ -825,6 +847,10 @@ impl HookStore for SqliteStore {
             }
             tx.execute(
                 "DELETE FROM markers WHERE received < ?1",
+                params![r.now_ms - r.commit_retention_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM heads WHERE received < ?1",
                 params![r.now_ms - r.commit_retention_ms],
             )?;
             // A push's webhook arrives within seconds; a day is generous.

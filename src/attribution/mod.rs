@@ -16,7 +16,6 @@ pub mod json;
 pub mod lookup;
 pub mod protobuf;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::classify::otlp::{Encoding, OtlpError};
@@ -236,36 +235,7 @@ pub struct Enriched {
     pub resources: usize,
 }
 
-/// Commit attribution for one configuration, over the process's commit store.
-pub struct Attribution {
-    config: AttributionConfig,
-    by_service: HashMap<String, usize>,
-    cache: Arc<CommitCache>,
-}
-
-impl Attribution {
-    pub fn new(config: AttributionConfig, cache: Arc<CommitCache>) -> Attribution {
-        let by_service = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.service.clone(), i))
-            .collect();
-        Attribution {
-            config,
-            by_service,
-            cache,
-        }
-    }
-
-    pub fn config(&self) -> &AttributionConfig {
-        &self.config
-    }
-
-    pub fn cache(&self) -> &Arc<CommitCache> {
-        &self.cache
-    }
-
+impl AttributionConfig {
     /// Adds commit attributes to the resources of a (decompressed) export body. Errors are
     /// malformed bodies, to be refused with 400.
     pub async fn enrich(
@@ -273,9 +243,10 @@ impl Attribution {
         encoding: Encoding,
         signal: crate::classify::otlp::Signal,
         body: &[u8],
+        cache: &CommitCache,
         enduser: Option<&str>,
     ) -> Result<Enriched, OtlpError> {
-        if !self.config.enrich {
+        if !self.enrich {
             return Ok(Enriched::default());
         }
         enum Scan<'b> {
@@ -291,14 +262,14 @@ impl Attribution {
             Scan::Json(s) => s.facts(),
         };
         let wanted: Vec<Want> = facts.iter().map(|f| self.want(f)).collect();
-        let found = self.cache.resolve(&wanted).await;
+        let found = cache.resolve(&wanted).await;
         let mut out = Enriched::default();
         let additions: Vec<Option<Additions>> = facts
             .iter()
             .zip(&found)
             .map(|(f, c)| {
                 let c = c.as_ref()?;
-                let a = c.additions(f.present, enduser, self.config.overwrite)?;
+                let a = c.additions(f.present, enduser, self.overwrite)?;
                 if !out.commits.iter().any(|k| Arc::ptr_eq(k, c)) {
                     out.commits.push(c.clone());
                 }
@@ -313,6 +284,11 @@ impl Attribution {
         Ok(out)
     }
 
+    /// The mapping for a service, if any (a handful of entries: a scan beats hashing).
+    pub fn service(&self, name: &str) -> Option<&ServiceMapping> {
+        self.services.iter().find(|s| s.service == name)
+    }
+
     fn want(&self, f: &EntryFacts) -> Want {
         if let Some(sha) = f.named_commit() {
             return Want::Sha(sha.to_ascii_lowercase());
@@ -321,18 +297,11 @@ impl Attribution {
             // A version that is not a SHA: the sender said what runs; do not guess.
             return Want::Nothing;
         }
-        match f
-            .service_name
-            .as_deref()
-            .and_then(|s| self.by_service.get(s))
-        {
-            Some(&i) => {
-                let m = &self.config.services[i];
-                Want::Head {
-                    repo: m.repo.clone(),
-                    git_ref: m.git_ref.clone(),
-                }
-            }
+        match f.service_name.as_deref().and_then(|s| self.service(s)) {
+            Some(m) => Want::Head {
+                repo: m.repo.clone(),
+                git_ref: m.git_ref.clone(),
+            },
             None => Want::Nothing,
         }
     }

@@ -220,7 +220,7 @@ pub fn splice(body: &[u8], scanned: &Scanned, additions: &[Option<Additions>]) -
     Some(out)
 }
 
-pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;

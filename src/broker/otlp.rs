@@ -4,6 +4,9 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::PathAndQuery;
+
+use crate::classify::otlp::{Signal, signal_from_path};
 
 use crate::config::{OtlpBroker, SecretError};
 
@@ -11,6 +14,9 @@ pub static LIGHTSTEP_TOKEN: HeaderName = HeaderName::from_static("lightstep-acce
 
 pub struct OtlpRuntime {
     token: Option<HeaderValue>,
+    traces_path: Option<PathAndQuery>,
+    metrics_path: Option<PathAndQuery>,
+    logs_path: Option<PathAndQuery>,
 }
 
 impl OtlpRuntime {
@@ -25,11 +31,40 @@ impl OtlpRuntime {
                 Some(v)
             }
         };
-        Ok(OtlpRuntime { token })
+        let path = |p: &Option<String>| p.as_deref().and_then(|p| PathAndQuery::try_from(p).ok());
+        Ok(OtlpRuntime {
+            token,
+            traces_path: path(&broker.traces_path),
+            metrics_path: path(&broker.metrics_path),
+            logs_path: path(&broker.logs_path),
+        })
+    }
+
+    /// The upstream path for an export to `path` (the configured one for its signal, else
+    /// the client's).
+    fn upstream_path(&self, path: &str) -> Option<&PathAndQuery> {
+        match signal_from_path(path)? {
+            Signal::Traces => self.traces_path.as_ref(),
+            Signal::Metrics => self.metrics_path.as_ref(),
+            Signal::Logs => self.logs_path.as_ref(),
+        }
     }
 }
 
 pub fn request(parts: &mut Parts, broker: &OtlpRuntime) {
+    if let Some(p) = broker.upstream_path(parts.uri.path()) {
+        let mapped = match parts.uri.query() {
+            None => Some(p.clone()),
+            Some(q) => PathAndQuery::try_from(format!("{}?{q}", p.path())).ok(),
+        };
+        if let Some(mapped) = mapped {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(mapped);
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
+    }
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(&LIGHTSTEP_TOKEN);
     if let Some(t) = &broker.token {
@@ -49,6 +84,9 @@ mod tests {
         std::fs::write(&path, "gateway-token\n").unwrap();
         let broker = OtlpRuntime::load(&OtlpBroker {
             access_token: Some(SecretRef::File(path)),
+            traces_path: Some("/traces/otlp/v0.9".into()),
+            metrics_path: None,
+            logs_path: None,
         })
         .unwrap();
         let mut p = http::Request::builder()
@@ -61,6 +99,7 @@ mod tests {
             .into_parts()
             .0;
         request(&mut p, &broker);
+        assert_eq!(p.uri, "/traces/otlp/v0.9");
         assert!(p.headers.get("authorization").is_none());
         let values: Vec<_> = p.headers.get_all("lightstep-access-token").iter().collect();
         assert_eq!(values, ["gateway-token"]);

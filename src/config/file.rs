@@ -17,8 +17,27 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     pub audit: Option<FileAudit>,
     pub webhooks: Option<FileWebhooks>,
+    pub attribution: Option<Spanned<FileAttribution>>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAttribution {
+    pub enrich: Option<bool>,
+    pub overwrite: Option<bool>,
+    #[serde(default)]
+    pub services: Vec<FileAttributedService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAttributedService {
+    pub service: Spanned<String>,
+    pub repository: Spanned<String>,
+    pub branch: Option<Spanned<String>>,
+    pub environment: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +219,9 @@ pub struct FileCredential {
 pub struct FileOtlp {
     pub access_token_env: Option<Spanned<String>>,
     pub access_token_file: Option<Spanned<String>>,
+    pub traces_path: Option<Spanned<String>>,
+    pub metrics_path: Option<Spanned<String>>,
+    pub logs_path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

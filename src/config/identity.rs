@@ -125,6 +125,10 @@ pub struct BrokerCredential {
 pub struct OtlpBroker {
     /// Sent as `lightstep-access-token`; callers never hold it.
     pub access_token: Option<SecretRef>,
+    /// Upstream paths per signal (`None`: the path the client used).
+    pub traces_path: Option<String>,
+    pub metrics_path: Option<String>,
+    pub logs_path: Option<String>,
 }
 
 pub mod defaults {
@@ -550,6 +554,29 @@ impl Validator<'_> {
                 None,
             ),
         };
-        Some(OtlpBroker { access_token })
+        let mut path = |v: &Option<Spanned<String>>, key: &str| {
+            let v = v.as_ref()?;
+            let text = v.get_ref();
+            if !text.starts_with('/')
+                || text.contains(['?', '#', ' ', '%'])
+                || crate::proxy::path::check_path(text).is_err()
+            {
+                self.report(
+                    v,
+                    &format!("routes[{i}].otlp.{key}"),
+                    format!("{text:?} is not a plain absolute path"),
+                );
+            }
+            Some(text.clone())
+        };
+        let traces_path = path(&o.traces_path, "traces_path");
+        let metrics_path = path(&o.metrics_path, "metrics_path");
+        let logs_path = path(&o.logs_path, "logs_path");
+        Some(OtlpBroker {
+            access_token,
+            traces_path,
+            metrics_path,
+            logs_path,
+        })
     }
 }

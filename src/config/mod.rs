@@ -6,6 +6,7 @@
 //! the gateway behaves the same whatever directory it is started from. Secrets never appear in
 //! this file: only paths or environment variable names do.
 
+pub mod attribution;
 pub mod audit;
 mod error;
 mod file;
@@ -49,6 +50,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Gogs webhooks: received, verified, recorded and forwarded.
     pub webhooks: Option<WebhooksConfig>,
+    /// Commit attribution of OTLP traffic (enrichment on by default when `[webhooks]` is).
+    pub attribution: crate::attribution::AttributionConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -488,6 +491,7 @@ impl Validator<'_> {
         });
         let audit = self.audit(file.audit.as_ref());
         let webhooks = file.webhooks.as_ref().and_then(|w| self.webhooks(w));
+        let attribution = self.attribution(file.attribution.as_ref(), file.webhooks.is_some());
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -529,6 +533,7 @@ impl Validator<'_> {
             policy,
             audit,
             webhooks,
+            attribution,
             routes,
         }
     }

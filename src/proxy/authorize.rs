@@ -54,7 +54,7 @@ pub enum Verdict {
     },
 }
 
-fn body_error(e: BodyError) -> ProxyError {
+pub(super) fn body_error(e: BodyError) -> ProxyError {
     match e {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
         BodyError::Timeout(_) => ProxyError::BodyTimeout,

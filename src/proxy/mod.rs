@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod error;
 pub mod headers;
 pub mod host;
+pub mod ingest;
 pub mod inspect;
 pub mod path;
 pub mod request_id;
@@ -114,6 +115,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
     pub webhooks: Option<webhook::WebhookService>,
+    /// The commits OTLP exports are attributed to (empty without `[webhooks]`).
+    commits: Arc<crate::attribution::CommitCache>,
     exports: audit_export::Exports,
     draining: AtomicBool,
 }
@@ -156,7 +159,12 @@ impl Gateway {
         if let Some(w) = &webhooks {
             w.hooks.store(runtime.hooks.clone());
         }
+        let commits = match &webhooks {
+            Some(w) => w.commits.clone(),
+            None => Arc::new(crate::attribution::CommitCache::new(None)),
+        };
         Arc::new(Gateway {
+            commits,
             webhooks,
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
@@ -221,6 +229,10 @@ impl Gateway {
             Some(v) if trusted && headers::usable_request_id(v) => v.clone(),
             _ => request_id::generate(),
         };
+        // Errors on OTLP routes are answered in the client's encoding; gRPC is left alone.
+        let content_type = req.headers().get(header::CONTENT_TYPE);
+        let otlp_json = ingest::wants_json(content_type);
+        let grpc = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let arrival = audit::Arrival::new(
             time,
             start,
@@ -245,6 +257,15 @@ impl Gateway {
         if let Some(marker) = in_flight.take() {
             let body = std::mem::replace(resp.body_mut(), ResponseBody::empty());
             *resp.body_mut() = body.with_in_flight(marker);
+        }
+        if route
+            .as_ref()
+            .is_some_and(|r| r.config.kind == crate::config::RouteKind::Otlp)
+            && !grpc
+            && resp.status().as_u16() >= 400
+            && !resp.body().is_upstream()
+        {
+            resp = ingest::as_rpc_status(resp, otlp_json);
         }
 
         let status = resp.status();
@@ -463,6 +484,31 @@ impl Gateway {
                     route: Some(route),
                 });
             }
+        };
+
+        // OTLP exports gain their commit attributes (malformed ones are refused here).
+        let inbound = if route.config.kind == crate::config::RouteKind::Otlp {
+            let enduser = caller.as_ref().map(|c| c.identity.subject.as_str());
+            match ingest::enrich(
+                &mut parts,
+                inbound,
+                &rt.config.attribution,
+                &self.commits,
+                route.config.max_body_bytes,
+                enduser,
+            )
+            .await
+            {
+                Ok((inbound, _attributed)) => inbound,
+                Err(error) => {
+                    return Err(Failure {
+                        error,
+                        route: Some(route),
+                    });
+                }
+            }
+        } else {
+            inbound
         };
 
         // Stage 7: the decision is on record before anything is forwarded.

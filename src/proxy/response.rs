@@ -105,6 +105,29 @@ impl ResponseBody {
         self
     }
 
+    /// The text of a body the gateway wrote; `None` for streamed bodies.
+    pub fn gateway_text(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Bytes { data } => Some(
+                data.as_ref()
+                    .map(|d| String::from_utf8_lossy(d).into_owned())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether this body is the upstream's answer (not the gateway's own).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind, Kind::Upstream { .. })
+    }
+
+    /// The same body (route, in-flight marker, outcome) with `other`'s contents.
+    pub fn replace_bytes(mut self, other: ResponseBody) -> ResponseBody {
+        self.kind = other.kind;
+        self
+    }
+
     /// Attaches the in-flight marker to a body the gateway wrote.
     pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
         self.in_flight = Some(in_flight);

@@ -31,6 +31,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The webhook machinery that outlives configurations.
 pub struct WebhookService {
     pub store: Arc<dyn HookStore>,
+    /// The store as attribution reads it; told when deliveries are recorded.
+    pub commits: Arc<crate::attribution::CommitCache>,
     pub forwarder: Forwarder,
     pub metrics: Arc<WebhookMetrics>,
     /// The current configuration's sources and receivers.
@@ -240,6 +242,7 @@ async fn receive_delivery(
         Received::New { outbox, .. } => {
             svc.metrics.received.with_label_values(&["accepted"]).inc();
             svc.metrics.commits.inc_by(receipt.commits as u64);
+            svc.commits.recorded();
             if !outbox.is_empty() {
                 svc.forwarder.wake();
             }

@@ -114,6 +114,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
                 stop_rx.clone(),
             );
             let service = crate::proxy::webhook::WebhookService {
+                commits: Arc::new(crate::attribution::CommitCache::new(Some(store.clone()))),
                 store,
                 forwarder,
                 metrics: metrics.webhooks.clone(),

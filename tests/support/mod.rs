@@ -8,6 +8,7 @@ pub mod csv;
 pub mod gateway;
 pub mod git_server;
 pub mod oidc;
+pub mod python;
 pub mod raw;
 pub mod secrets;
 pub mod upstream;

@@ -1,6 +1,7 @@
 //! The gateway's own observability: Prometheus metrics on a separate listener.
 
 pub mod metrics;
+pub mod trace_context;
 
 use std::convert::Infallible;
 use std::sync::Arc;

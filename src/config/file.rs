@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     pub audit: Option<FileAudit>,
     pub webhooks: Option<FileWebhooks>,
+    pub telemetry: Option<super::telemetry::FileTelemetry>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
 }

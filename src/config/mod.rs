@@ -11,6 +11,7 @@ mod error;
 mod file;
 pub mod identity;
 pub mod secret;
+pub mod telemetry;
 pub mod units;
 pub mod webhooks;
 
@@ -21,6 +22,7 @@ pub use identity::{
     OidcConfig, OtlpBroker, RouteAuth, SessionConfig,
 };
 pub use secret::{Secret, SecretError, SecretRef};
+pub use telemetry::TracesConfig;
 pub use webhooks::{WebhookReceiver, WebhookSource, WebhooksConfig};
 
 use std::collections::HashSet;
@@ -49,6 +51,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Gogs webhooks: received, verified, recorded and forwarded.
     pub webhooks: Option<WebhooksConfig>,
+    /// Where the gateway sends its own spans (`[telemetry.traces]`).
+    pub telemetry: Option<TracesConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -488,6 +492,14 @@ impl Validator<'_> {
         });
         let audit = self.audit(file.audit.as_ref());
         let webhooks = file.webhooks.as_ref().and_then(|w| self.webhooks(w));
+        let telemetry = file
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.traces.as_ref())
+            .and_then(|t| {
+                let replica = audit.as_ref().map_or("gatehouse", |a| a.replica.as_str());
+                self.traces(t, replica)
+            });
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -529,6 +541,7 @@ impl Validator<'_> {
             policy,
             audit,
             webhooks,
+            telemetry,
             routes,
         }
     }

@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub audit: Option<FileAudit>,
     pub webhooks: Option<FileWebhooks>,
     pub attribution: Option<Spanned<FileAttribution>>,
+    pub telemetry: Option<super::telemetry::FileTelemetry>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
 }

@@ -12,6 +12,7 @@ mod error;
 mod file;
 pub mod identity;
 pub mod secret;
+pub mod telemetry;
 pub mod units;
 pub mod webhooks;
 
@@ -22,6 +23,7 @@ pub use identity::{
     OidcConfig, OtlpBroker, RouteAuth, SessionConfig,
 };
 pub use secret::{Secret, SecretError, SecretRef};
+pub use telemetry::TracesConfig;
 pub use webhooks::{WebhookReceiver, WebhookSource, WebhooksConfig};
 
 use std::collections::HashSet;
@@ -52,6 +54,8 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// Commit attribution of OTLP traffic (enrichment on by default when `[webhooks]` is).
     pub attribution: crate::attribution::AttributionConfig,
+    /// Where the gateway sends its own spans (`[telemetry.traces]`).
+    pub telemetry: Option<TracesConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -492,6 +496,14 @@ impl Validator<'_> {
         let audit = self.audit(file.audit.as_ref());
         let webhooks = file.webhooks.as_ref().and_then(|w| self.webhooks(w));
         let attribution = self.attribution(file.attribution.as_ref(), file.webhooks.is_some());
+        let telemetry = file
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.traces.as_ref())
+            .and_then(|t| {
+                let replica = audit.as_ref().map_or("gatehouse", |a| a.replica.as_str());
+                self.traces(t, replica)
+            });
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut claims: HashSet<(String, String)> = HashSet::new();
@@ -534,6 +546,7 @@ impl Validator<'_> {
             audit,
             webhooks,
             attribution,
+            telemetry,
             routes,
         }
     }

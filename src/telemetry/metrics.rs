@@ -67,6 +67,7 @@ pub struct Metrics {
     pub identity: std::sync::Arc<crate::identity::IdentityMetrics>,
     pub audit: std::sync::Arc<crate::audit::AuditMetrics>,
     pub webhooks: std::sync::Arc<crate::webhook::WebhookMetrics>,
+    pub traces: std::sync::Arc<TraceMetrics>,
 }
 
 /// Pre-resolved handles for one route (or for requests refused before routing).
@@ -173,6 +174,7 @@ impl Metrics {
         let identity = std::sync::Arc::new(crate::identity::IdentityMetrics::new(&registry)?);
         let audit = std::sync::Arc::new(crate::audit::AuditMetrics::new(&registry)?);
         let webhooks = std::sync::Arc::new(crate::webhook::WebhookMetrics::new(&registry)?);
+        let traces = std::sync::Arc::new(TraceMetrics::new(&registry)?);
         let decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_policy_decisions_total",
@@ -195,6 +197,7 @@ impl Metrics {
         Ok(Metrics {
             audit,
             webhooks,
+            traces,
             decisions,
             policy_reloads,
             policy_rules,
@@ -292,6 +295,57 @@ impl RouteMetrics {
     }
 }
 
+/// The gateway's own span exporter. Handles are resolved at start, so counting a dropped
+/// span on the request path is one atomic add.
+pub struct TraceMetrics {
+    pub spans_exported: IntCounter,
+    /// Refused because the queue was full (or the exporter had stopped).
+    pub spans_dropped: IntCounter,
+    /// Lost with a batch the endpoint did not take.
+    pub spans_failed: IntCounter,
+    pub exports_ok: IntCounter,
+    pub exports_error: IntCounter,
+}
+
+impl TraceMetrics {
+    pub fn new(registry: &Registry) -> Result<TraceMetrics, prometheus::Error> {
+        let (m, spans, exports) = TraceMetrics::build()?;
+        registry.register(Box::new(spans))?;
+        registry.register(Box::new(exports))?;
+        Ok(m)
+    }
+
+    /// Metrics nobody scrapes (tests, tools).
+    pub fn unregistered() -> Result<TraceMetrics, prometheus::Error> {
+        Ok(TraceMetrics::build()?.0)
+    }
+
+    fn build() -> Result<(TraceMetrics, IntCounterVec, IntCounterVec), prometheus::Error> {
+        let spans = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_trace_spans_total",
+                "The gateway's own spans, by result (exported, dropped: queue full, failed: export failed).",
+            ),
+            &["result"],
+        )?;
+        let exports = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_trace_exports_total",
+                "Batches of the gateway's own spans sent to the trace endpoint, by result.",
+            ),
+            &["result"],
+        )?;
+        let m = TraceMetrics {
+            spans_exported: spans.with_label_values(&["exported"]),
+            spans_dropped: spans.with_label_values(&["dropped"]),
+            spans_failed: spans.with_label_values(&["failed"]),
+            exports_ok: exports.with_label_values(&["ok"]),
+            exports_error: exports.with_label_values(&["error"]),
+        };
+        Ok((m, spans, exports))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +370,17 @@ mod tests {
         ));
         assert!(text.contains(r#"gatehouse_upstream_errors_total{kind="timeout",route="gogs"} 1"#));
         assert!(text.contains("gatehouse_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn trace_metrics_show_every_result_from_the_start() {
+        let m = Metrics::new().unwrap();
+        m.traces.spans_dropped.inc();
+        let text = m.render();
+        assert!(text.contains(r#"gatehouse_trace_spans_total{result="dropped"} 1"#));
+        assert!(text.contains(r#"gatehouse_trace_spans_total{result="exported"} 0"#));
+        assert!(text.contains(r#"gatehouse_trace_spans_total{result="failed"} 0"#));
+        assert!(text.contains(r#"gatehouse_trace_exports_total{result="ok"} 0"#));
+        assert!(text.contains(r#"gatehouse_trace_exports_total{result="error"} 0"#));
     }
 }

@@ -1,6 +1,9 @@
-//! The gateway's own observability: Prometheus metrics on a separate listener.
+//! The gateway's own observability: Prometheus metrics on a separate listener, and its own
+//! spans exported over OTLP/HTTP ([`traces`], with W3C propagation in [`trace_context`]).
 
 pub mod metrics;
+pub mod trace_context;
+pub mod traces;
 
 use std::convert::Infallible;
 use std::sync::Arc;

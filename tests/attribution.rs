@@ -439,3 +439,252 @@ async fn malformed_exports_are_refused_with_an_rpc_status_and_not_forwarded() {
     assert_eq!(v["code"], 16, "{v}");
     assert!(s.up.requests().is_empty(), "nothing may reach Lightstep");
 }
+
+const GIT_POLICY: &str = r#"
+roles:
+  developer: { groups: [engineering] }
+rules:
+  - id: write-code
+    route: gogs
+    roles: [developer]
+    git: { actions: [fetch, push], repos: ["platform/*"] }
+"#;
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match &a.value.as_ref()?.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+fn array_attr(attrs: &[KeyValue], key: &str) -> Vec<String> {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match &a.value.as_ref()?.value {
+            Some(Value::ArrayValue(v)) => Some(
+                v.values
+                    .iter()
+                    .filter_map(|x| match &x.value {
+                        Some(Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_push_is_traced_with_its_verified_pusher_and_marks_the_deployment() {
+    use support::git_server::GitServer;
+    use support::oidc::{CLI_CLIENT, PASSWORD};
+    use support::{git, run_with_timeout};
+
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, GIT_POLICY);
+    let repos = tempfile::tempdir().unwrap();
+    let server = GitServer::start(repos.path()).await;
+    server.create_repo("platform/app.git");
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(store.path().join("source-secret"), SOURCE_SECRET).unwrap();
+    let spans = RecordingUpstream::start(Reply::Ok).await;
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+        .toml(&format!(
+            "[webhooks]\nstore = {:?}\n[[webhooks.sources]]\nname = \"gogs\"\nsecret_file = {:?}\n\
+             [attribution]\n[[attribution.services]]\nservice = \"app\"\nrepository = \"platform/app\"\nbranch = \"main\"\nenvironment = \"production\"\n\
+             [telemetry.traces]\nendpoint = \"{}/v1/traces\"\naccess_token_file = {:?}\nbatch_delay = \"100ms\"\n",
+            store.path().join("hooks.db").display().to_string(),
+            store.path().join("source-secret").display().to_string(),
+            spans.url(),
+            secrets.path("lightstep-token"),
+        ))
+        .route_with("gogs", "gogs", &[HOST], &server.url(), &secrets.gogs_extra())
+        .start(&ca);
+
+    // alice pushes to main through the gateway, inside a trace her tooling started.
+    let alice = tokio::task::block_in_place(|| {
+        let grant = provider.device_authorize(CLI_CLIENT);
+        provider
+            .device_complete(&grant, "alice", PASSWORD)
+            .expect("login");
+        provider.device_token(&grant).access_token
+    });
+    let (trace_id, parent) = ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174");
+    let auth = format!("http.extraHeader=Authorization: Bearer {alice}");
+    let traceparent = format!("http.extraHeader=traceparent: 00-{trace_id}-{parent}-01");
+    let baggage = "http.extraHeader=baggage: gatehouse.user=mallory,team=payments".to_string();
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("https://{HOST}:{}/platform/app.git", gw.port());
+    let run = |cwd: &Path, args: &[&str]| {
+        let mut all = vec![
+            "-c",
+            auth.as_str(),
+            "-c",
+            traceparent.as_str(),
+            "-c",
+            baggage.as_str(),
+        ];
+        all.extend_from_slice(args);
+        let (ok, out, err) = run_with_timeout(&mut git(&ca, cwd, gw.port(), &all), 60);
+        assert!(ok, "git {args:?}: {out}{err}");
+        out
+    };
+    let sha = tokio::task::block_in_place(|| {
+        run(work.path(), &["clone", "--quiet", &url, "app"]);
+        let app = work.path().join("app");
+        std::fs::write(app.join("a.txt"), "a").unwrap();
+        run(&app, &["add", "a.txt"]);
+        run(&app, &["commit", "--quiet", "-m", "Add a.txt"]);
+        run(&app, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        run(&app, &["rev-parse", "HEAD"]).trim().to_string()
+    });
+
+    // Gogs saw the push with the gateway's span as parent, who pushed and which commit.
+    let (_, push_headers) = server
+        .requests()
+        .into_iter()
+        .find(|(target, _)| target.contains("git-receive-pack") && !target.contains("info/refs"))
+        .expect("the push reached the git server");
+    let tp = push_headers["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        tp.starts_with(&format!("00-{trace_id}-")) && tp.ends_with("-01"),
+        "{tp}"
+    );
+    let gateway_span = tp[36..52].to_string();
+    assert_ne!(gateway_span, parent);
+    assert_eq!(push_headers["x-gatehouse-user"], "alice");
+    assert_eq!(push_headers["x-gatehouse-commit"], sha.as_str());
+    assert_eq!(push_headers["x-gatehouse-repository"], "platform/app");
+    let sent_baggage = push_headers["baggage"].to_str().unwrap();
+    assert!(
+        sent_baggage.contains("team=payments") && sent_baggage.contains("gatehouse.user=alice"),
+        "{sent_baggage}"
+    );
+    assert!(!sent_baggage.contains("mallory"), "{sent_baggage}");
+
+    // Gogs's delivery for it marks the deployment of every service built from main.
+    deliver(
+        &ca,
+        &gw,
+        "d-app-1",
+        &push("platform/app", "main", &sha, "Add a.txt", "Alice"),
+    )
+    .await;
+
+    let decoded = || -> Vec<ExportTraceServiceRequest> {
+        spans
+            .requests()
+            .iter()
+            .map(|r| ExportTraceServiceRequest::decode(r.body.as_slice()).unwrap())
+            .collect()
+    };
+    let mut found = None;
+    for _ in 0..100 {
+        let all = decoded();
+        let push_span = all
+            .iter()
+            .flat_map(|e| &e.resource_spans)
+            .flat_map(|rs| {
+                rs.scope_spans
+                    .iter()
+                    .flat_map(move |ss| ss.spans.iter().map(move |s| (rs, s)))
+            })
+            .find(|(_, s)| {
+                // The pack upload, not the ref advertisement before it.
+                string_attr(&s.attributes, "gatehouse.action").as_deref() == Some("git_push")
+                    && !array_attr(&s.attributes, "gatehouse.git.ref_updates").is_empty()
+            })
+            .map(|(r, s)| (r.clone(), s.clone()));
+        let marker = all
+            .iter()
+            .flat_map(|e| &e.resource_spans)
+            .find(|rs| {
+                rs.resource.as_ref().is_some_and(|r| {
+                    string_attr(&r.attributes, "service.name").as_deref() == Some("app")
+                })
+            })
+            .cloned();
+        if let (Some(p), Some(m)) = (push_span, marker) {
+            found = Some((p, m));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ((gateway_resource, span), marker) =
+        found.expect("the push span and the deployment marker were exported");
+    for r in spans.requests() {
+        assert_eq!(r.target, "/v1/traces");
+        assert_eq!(r.header("lightstep-access-token"), Some(LIGHTSTEP_TOKEN));
+        assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    }
+    let res = &gateway_resource.resource.as_ref().unwrap().attributes;
+    assert_eq!(
+        string_attr(res, "service.name").as_deref(),
+        Some("gatehouse")
+    );
+    // The gateway's span continues alice's trace and is the parent Gogs was given.
+    assert_eq!(hex(&span.trace_id), trace_id);
+    assert_eq!(hex(&span.parent_span_id), parent);
+    assert_eq!(hex(&span.span_id), gateway_span);
+    assert_eq!(span.kind, 2, "server span");
+    let a = &span.attributes;
+    assert_eq!(
+        string_attr(a, "vcs.repository.name").as_deref(),
+        Some("platform/app")
+    );
+    assert_eq!(
+        string_attr(a, "gatehouse.push.verified_pusher").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(string_attr(a, "enduser.id").as_deref(), Some("alice"));
+    assert_eq!(
+        string_attr(a, "gatehouse.decision").as_deref(),
+        Some("allow")
+    );
+    assert_eq!(
+        string_attr(a, "gatehouse.rule").as_deref(),
+        Some("write-code")
+    );
+    assert_eq!(
+        string_attr(a, "vcs.ref.head.revision").as_deref(),
+        Some(sha.as_str())
+    );
+    assert_eq!(
+        array_attr(a, "gatehouse.git.ref_updates"),
+        [format!(
+            "create refs/heads/main 0000000000000000000000000000000000000000..{sha}"
+        )]
+    );
+    assert!(a.iter().any(|k| k.key == "http.response.status_code"));
+
+    let m = &marker.resource.as_ref().unwrap().attributes;
+    assert_eq!(
+        string_attr(m, "service.version").as_deref(),
+        Some(sha.as_str())
+    );
+    assert_eq!(
+        string_attr(m, "deployment.environment.name").as_deref(),
+        Some("production")
+    );
+    let mspan = &marker.scope_spans[0].spans[0];
+    assert_eq!(mspan.name, "deploy app");
+    assert_eq!(
+        string_attr(&mspan.attributes, "gatehouse.push.verified_pusher").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        string_attr(&mspan.attributes, "vcs.ref.head.name").as_deref(),
+        Some("main")
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

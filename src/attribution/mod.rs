@@ -12,6 +12,8 @@
 //! without touching the signal data; `lookup.rs` answers "which commit is this" from a cache
 //! in front of the store.
 
+pub mod deploy;
+pub mod headers;
 pub mod json;
 pub mod lookup;
 pub mod protobuf;

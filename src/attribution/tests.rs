@@ -304,9 +304,7 @@ fn json_resources_and_attributes_that_are_missing_or_null_are_created() {
     for (case, body) in [
         (
             "no attributes",
-            format!(
-                r#"{{"resourceSpans":[{{"resource":{{"droppedAttributesCount":0}},"scopeSpans":[],"x":{{"key":"vcs.ref.head.revision"}}}}]}}"#
-            ),
+            r#"{"resourceSpans":[{"resource":{"droppedAttributesCount":0},"scopeSpans":[],"x":{"key":"vcs.ref.head.revision"}}]}"#.to_string(),
         ),
         (
             "null attributes",

@@ -52,17 +52,18 @@ impl Validator<'_> {
                 );
             }
             let branch = s.branch.as_ref().map_or("master", |b| b.get_ref().as_str());
-            if branch.is_empty()
-                || branch.starts_with("refs/")
-                || branch.contains(char::is_whitespace)
+            if let Some(b) = &s.branch
+                && (branch.is_empty()
+                    || branch.starts_with("refs/")
+                    || branch.contains(char::is_whitespace))
             {
-                if let Some(b) = &s.branch {
-                    self.report(
-                        b,
-                        &format!("{key}.branch"),
-                        format!("{branch:?} is not a branch name (give \"main\", not \"refs/heads/main\")"),
-                    );
-                }
+                self.report(
+                    b,
+                    &format!("{key}.branch"),
+                    format!(
+                        "{branch:?} is not a branch name (give \"main\", not \"refs/heads/main\")"
+                    ),
+                );
             }
             let environment = match &s.environment {
                 Some(e) if e.get_ref().trim().is_empty() => {

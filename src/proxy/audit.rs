@@ -40,6 +40,8 @@ pub struct Draft {
     /// What the outcome record should say (an export's summary, a webhook's result).
     pub outcome_detail: Option<String>,
     pub truncated: Vec<String>,
+    /// The gateway's own span, when this request is traced.
+    pub span: Option<super::trace::RequestSpan>,
 }
 
 impl Default for Draft {
@@ -56,6 +58,7 @@ impl Default for Draft {
             progress: None,
             outcome_detail: None,
             truncated: Vec::new(),
+            span: None,
         }
     }
 }
@@ -213,6 +216,8 @@ pub struct Arrival<'a> {
     pub path: &'a str,
     trace_id: Option<String>,
     forwarded_for: Option<String>,
+    /// The request's place in a trace (continued or started here).
+    pub trace: &'a super::trace::RequestTrace,
 }
 
 impl<'a> Arrival<'a> {
@@ -226,6 +231,7 @@ impl<'a> Arrival<'a> {
         method: &'a http::Method,
         path: &'a str,
         headers: &HeaderMap,
+        trace: &'a super::trace::RequestTrace,
     ) -> Self {
         Arrival {
             time,
@@ -235,7 +241,8 @@ impl<'a> Arrival<'a> {
             trusted,
             method,
             path,
-            trace_id: trace_id(headers),
+            trace_id: Some(trace.trace_id_hex()),
+            trace,
             forwarded_for: if trusted {
                 headers
                     .get("x-forwarded-for")
@@ -247,22 +254,13 @@ impl<'a> Arrival<'a> {
     }
 }
 
-/// The W3C trace id of the caller's `traceparent`, when well formed.
-fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    let mut parts = v.split('-');
-    let _version = parts.next()?;
-    let id = parts.next()?;
-    (id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && id.bytes().any(|b| b != b'0'))
-    .then(|| id.to_string())
-}
-
 /// The `request` record (or the only record, for requests the gateway answers itself).
 pub fn record(draft: &mut Draft, arrival: &Arrival<'_>, status: Option<u16>) -> Record {
+    let mut span = draft.span.take();
+    if let Some(s) = &mut span {
+        s.facts(draft, arrival.path);
+    }
+    draft.span = span;
     let t = &mut draft.truncated;
     let forwarded_for = arrival
         .forwarded_for
@@ -315,6 +313,7 @@ pub struct OutcomeRecorder {
     bytes_out: u64,
     note: Option<String>,
     done: bool,
+    span: Option<super::trace::RequestSpan>,
 }
 
 impl OutcomeRecorder {
@@ -338,12 +337,19 @@ impl OutcomeRecorder {
             bytes_out: 0,
             note: None,
             done: false,
+            span: None,
         }
     }
 
     /// What the outcome says when the response ends normally.
     pub fn note(mut self, note: Option<String>) -> Self {
         self.note = note;
+        self
+    }
+
+    /// The request's span, ended with the outcome.
+    pub fn with_span(mut self, span: Option<super::trace::RequestSpan>) -> Self {
+        self.span = span;
         self
     }
 
@@ -357,6 +363,10 @@ impl OutcomeRecorder {
             return;
         }
         self.done = true;
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |p| p.bytes());
+        if let Some(span) = self.span.take() {
+            span.finish(self.status, bytes_in, self.bytes_out, detail);
+        }
         self.log.submit(Record {
             time: timestamp(SystemTime::now()),
             id: new_id(),
@@ -365,7 +375,7 @@ impl OutcomeRecorder {
             ref_id: Some(std::mem::take(&mut self.request_record)),
             route: Some(std::mem::take(&mut self.route)),
             status: Some(self.status),
-            bytes_in: Some(self.bytes_in.as_ref().map_or(0, |p| p.bytes())),
+            bytes_in: Some(bytes_in),
             bytes_out: Some(self.bytes_out),
             duration_us: Some(self.start.elapsed().as_micros() as u64),
             detail: detail.map(str::to_string).or_else(|| self.note.take()),
@@ -379,31 +389,5 @@ impl Drop for OutcomeRecorder {
         self.finish(Some(
             "the client went away before the response was complete",
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_well_formed_trace_ids_are_kept() {
-        let mut h = HeaderMap::new();
-        assert_eq!(trace_id(&h), None);
-        h.insert(
-            "traceparent",
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        );
-        assert_eq!(
-            trace_id(&h).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        h.insert(
-            "traceparent",
-            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-        );
-        assert_eq!(trace_id(&h), None);
-        h.insert("traceparent", HeaderValue::from_static("00-\"}{x-1-01"));
-        assert_eq!(trace_id(&h), None);
     }
 }

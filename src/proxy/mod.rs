@@ -19,6 +19,7 @@ pub mod path;
 pub mod request_id;
 pub mod response;
 pub mod route;
+pub mod trace;
 pub mod upgrade;
 pub mod webhook;
 
@@ -34,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
+use crate::attribution::headers::RequestCommit;
 use crate::audit::AuditLog;
 use crate::broker::{Broker, gogs, otlp};
 use crate::config::{AuditRequirement, Config, SecretError, UpstreamProtocol};
@@ -117,6 +119,8 @@ pub struct Gateway {
     pub webhooks: Option<webhook::WebhookService>,
     /// The commits OTLP exports are attributed to (empty without `[webhooks]`).
     commits: Arc<crate::attribution::CommitCache>,
+    /// Exports the gateway's own spans (`[telemetry.traces]`).
+    tracer: Option<crate::telemetry::traces::Tracer>,
     exports: audit_export::Exports,
     draining: AtomicBool,
 }
@@ -141,6 +145,7 @@ pub struct RequestContext<'a> {
     pub request_id: &'a HeaderValue,
     /// Canonical `host[:port]`, as the client addressed the gateway.
     pub host: HeaderValue,
+    pub trace: &'a trace::RequestTrace,
 }
 
 impl RequestContext<'_> {
@@ -155,6 +160,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         webhooks: Option<webhook::WebhookService>,
+        tracer: Option<crate::telemetry::traces::Tracer>,
     ) -> Arc<Gateway> {
         if let Some(w) = &webhooks {
             w.hooks.store(runtime.hooks.clone());
@@ -164,6 +170,7 @@ impl Gateway {
             None => Arc::new(crate::attribution::CommitCache::new(None)),
         };
         Arc::new(Gateway {
+            tracer,
             commits,
             webhooks,
             runtime: ArcSwap::from_pointee(runtime),
@@ -197,6 +204,10 @@ impl Gateway {
             None => {}
         }
         self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn tracer(&self) -> Option<&crate::telemetry::traces::Tracer> {
+        self.tracer.as_ref()
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -233,6 +244,7 @@ impl Gateway {
         let content_type = req.headers().get(header::CONTENT_TYPE);
         let otlp_json = ingest::wants_json(content_type);
         let grpc = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let trace = trace::RequestTrace::begin(req.headers(), self.tracer.as_ref());
         let arrival = audit::Arrival::new(
             time,
             start,
@@ -242,8 +254,16 @@ impl Gateway {
             &method,
             uri.path(),
             req.headers(),
+            &trace,
         );
-        let mut draft = audit::Draft::default();
+        let mut draft = audit::Draft {
+            span: trace.span(
+                self.tracer.as_ref(),
+                method.as_str(),
+                &down.peer.ip().to_string(),
+            ),
+            ..audit::Draft::default()
+        };
 
         let outcome = self
             .proxy(req, down, &rt, &mut in_flight, &arrival, &mut draft)
@@ -320,7 +340,8 @@ impl Gateway {
                 status,
                 draft.progress.take(),
             )
-            .note(draft.outcome_detail.take());
+            .note(draft.outcome_detail.take())
+            .with_span(draft.span.take());
             match failure {
                 Some(e) => outcome.finish(Some(&e.to_string())),
                 None => {
@@ -344,8 +365,13 @@ impl Gateway {
                 None => e.to_string(),
             });
         }
-        self.audit
-            .submit(audit::record(draft, arrival, Some(status)));
+        let record = audit::record(draft, arrival, Some(status));
+        if let Some(span) = draft.span.take() {
+            // Server spans: only 5xx answers are errors.
+            let error = failure.filter(|_| status >= 500).map(|e| e.to_string());
+            span.finish(status, 0, 0, error.as_deref());
+        }
+        self.audit.submit(record);
     }
 
     async fn proxy(
@@ -391,6 +417,7 @@ impl Gateway {
             trusted,
             request_id,
             host: canonical_host,
+            trace: arrival.trace,
         };
 
         // Stage 4: the gateway's own endpoints, then the route.
@@ -486,6 +513,24 @@ impl Gateway {
             }
         };
 
+        // The commit this request is about: the one a push sends, the one an OTLP export
+        // names (below), or the one a client names in X-Commit-Sha if the store knows it.
+        let mut commit = RequestCommit {
+            known: None,
+            pushed: pushed
+                .as_ref()
+                .and_then(|(repo, refs)| refs.first().map(|(_, sha)| (sha.clone(), repo.clone()))),
+        };
+        if let Some(sha) = parts
+            .headers
+            .get(&crate::attribution::headers::CLIENT_COMMIT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| crate::attribution::looks_like_sha(s))
+        {
+            let want = crate::attribution::Want::Sha(sha.to_ascii_lowercase());
+            commit.known = self.commits.resolve(&[want]).await.pop().flatten();
+        }
         // OTLP exports gain their commit attributes (malformed ones are refused here).
         let inbound = if route.config.kind == crate::config::RouteKind::Otlp {
             let enduser = caller.as_ref().map(|c| c.identity.subject.as_str());
@@ -499,7 +544,10 @@ impl Gateway {
             )
             .await
             {
-                Ok((inbound, _attributed)) => inbound,
+                Ok((inbound, attributed)) => {
+                    commit.known = attributed.and_then(|a| a.commits.first().cloned());
+                    inbound
+                }
                 Err(error) => {
                     return Err(Failure {
                         error,
@@ -541,13 +589,25 @@ impl Gateway {
             );
         }
 
-        match forward(parts, inbound, &ctx, &route, caller, in_flight).await {
+        if let (Some(span), Some((sha, repo))) = (draft.span.as_mut(), commit_facts(&commit)) {
+            span.set("vcs.ref.head.revision", sha);
+            span.set("gatehouse.commit.repository", repo);
+        }
+        match forward(parts, inbound, &ctx, &route, caller, in_flight, &commit).await {
             Ok(resp) => Ok((resp, Some(route))),
             Err(error) => Err(Failure {
                 error,
                 route: Some(route),
             }),
         }
+    }
+}
+
+fn commit_facts(c: &RequestCommit) -> Option<(String, String)> {
+    match (&c.known, &c.pushed) {
+        (Some(k), _) => Some((k.sha.clone(), k.repo.clone())),
+        (None, Some((sha, repo))) => Some((sha.clone(), repo.clone())),
+        (None, None) => None,
     }
 }
 
@@ -656,6 +716,7 @@ async fn forward(
     route: &Arc<Route>,
     caller: Option<Caller>,
     in_flight: &mut Option<InFlight>,
+    commit: &RequestCommit,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let rc = &route.config;
 
@@ -676,6 +737,15 @@ async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // The gateway's span is the upstream's parent; who and which commit travel along.
+    ctx.trace.propagate(&mut parts.headers);
+    let user = caller.as_ref().map(|c| {
+        c.identity
+            .username
+            .as_deref()
+            .unwrap_or(&c.identity.subject)
+    });
+    crate::attribution::headers::apply(&mut parts.headers, user, commit);
 
     // Stage 9: brokering: what this upstream is told about the caller, and with what credential.
     let sessions = ctx.rt.identity.sessions.as_deref();

@@ -33,6 +33,8 @@ pub struct WebhookService {
     pub store: Arc<dyn HookStore>,
     /// The store as attribution reads it; told when deliveries are recorded.
     pub commits: Arc<crate::attribution::CommitCache>,
+    /// Emits deployment markers (`[telemetry.traces]`).
+    pub tracer: Option<crate::telemetry::traces::Tracer>,
     pub forwarder: Forwarder,
     pub metrics: Arc<WebhookMetrics>,
     /// The current configuration's sources and receivers.
@@ -225,6 +227,7 @@ async fn receive_delivery(
     draft.detail = Some(format!("delivery {}", v.delivery));
     super::audit::write_first(log, draft, arrival, "a webhook delivery").await?;
 
+    let changes = crate::attribution::deploy::changes(&v.repository, v.push.as_ref(), v.markers());
     let store = svc.store.clone();
     let window = hooks.config.replay_window.as_millis() as i64;
     let receipt = tokio::task::spawn_blocking(move || receive::record(&*store, v, now, window))
@@ -245,6 +248,16 @@ async fn receive_delivery(
             svc.commits.recorded();
             if !outbox.is_empty() {
                 svc.forwarder.wake();
+            }
+            if let Some(tracer) = &svc.tracer {
+                for span in crate::attribution::deploy::marker_spans(
+                    &ctx.rt.config.attribution,
+                    &changes,
+                    receipt.verified_pusher(),
+                    &receipt.delivery,
+                ) {
+                    tracer.record(span);
+                }
             }
         }
         _ => svc.metrics.received.with_label_values(&["duplicate"]).inc(),

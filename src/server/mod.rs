@@ -52,6 +52,8 @@ pub enum ServeError {
     Audit(#[from] crate::audit::StartError),
     #[error("audit: no [audit] section")]
     NoAudit,
+    #[error(transparent)]
+    Traces(#[from] crate::telemetry::traces::TracesError),
 }
 
 /// Options that are about this process rather than the gateway's configuration.
@@ -98,6 +100,16 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     ));
     runtime.start();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The gateway's own spans: the exporter lives as long as the process (changing
+    // [telemetry.traces] needs a restart).
+    let tracer = match &config.telemetry {
+        Some(t) => Some(crate::telemetry::traces::Tracer::start(
+            t,
+            tokio::runtime::Handle::current(),
+            metrics.traces.clone(),
+        )?),
+        None => None,
+    };
     // The webhook store and its forwarder outlive reloads too; pending forwards left by a
     // previous run are picked up at once, except those in flight when it stopped, which wait
     // out their lease (the longest receiver timeout + 30 s).
@@ -115,6 +127,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             );
             let service = crate::proxy::webhook::WebhookService {
                 commits: Arc::new(crate::attribution::CommitCache::new(Some(store.clone()))),
+                tracer: tracer.clone(),
                 store,
                 forwarder,
                 metrics: metrics.webhooks.clone(),
@@ -125,7 +138,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
         }
         None => None,
     };
-    let gateway = Gateway::new(runtime, metrics.clone(), audit, webhooks);
+    let gateway = Gateway::new(runtime, metrics.clone(), audit, webhooks, tracer);
     let limits = Arc::new(Semaphore::new(max_connections));
 
     let mut addr_lines = String::new();
@@ -220,6 +233,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     ));
     gateway.audit.shutdown().await;
     tracing::info!("audit log closed");
+    if let Some(t) = gateway.tracer() {
+        t.shutdown(std::time::Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 

@@ -356,7 +356,7 @@ fn is_baggage_octet(b: u8) -> bool {
 
 /// Percent-encodes everything that is not a baggage octet, and `%` itself, so any UTF-8 value
 /// survives and decodes back unchanged.
-fn percent_encode(value: &str) -> String {
+pub fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for &b in value.as_bytes() {
         if is_baggage_octet(b) && b != b'%' {

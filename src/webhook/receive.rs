@@ -184,6 +184,11 @@ impl Verified {
     pub fn commit_count(&self) -> usize {
         self.commits.len()
     }
+
+    /// The tags and releases the delivery creates.
+    pub fn markers(&self) -> &[Marker] {
+        &self.markers
+    }
 }
 
 /// Picks the source, checks the signature and parses the payload. Records nothing.

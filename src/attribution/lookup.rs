@@ -43,6 +43,11 @@ impl CommitCache {
         }
     }
 
+    /// Whether there is a store to ask (without `[webhooks]` nothing can be attributed).
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Forgets unknown commits and branch heads, so what a delivery just recorded is found
     /// on the next request.
     pub fn recorded(&self) {

@@ -355,3 +355,59 @@ fn the_gateway_route_name_is_reserved() {
     let p = problems(&MINIMAL.replace("name = \"gogs\"", "name = \"gatehouse\""));
     assert!(p.iter().any(|p| p.contains("reserved")), "{p:?}");
 }
+
+#[test]
+fn attribution_needs_the_webhook_store_and_names_its_bad_values() {
+    let without_store = format!("{MINIMAL}\n[attribution]\noverwrite = true\n");
+    let p = problems(&without_store);
+    assert!(
+        p.iter()
+            .any(|e| e.contains("attribution") && e.contains("needs [webhooks]")),
+        "{p:?}"
+    );
+    let bad = format!(
+        "{MINIMAL}\n[webhooks]\nstore = \"hooks.db\"\n[attribution]\n\
+         [[attribution.services]]\nservice = \"checkout\"\nrepository = \"checkout\"\nbranch = \"refs/heads/main\"\n\
+         [[attribution.services]]\nservice = \"checkout\"\nrepository = \"platform/checkout\"\nenvironment = \"\"\n"
+    );
+    let p = problems(&bad);
+    let expect = [
+        "attribution.services[0].repository: \"checkout\" is not owner/name",
+        "attribution.services[0].branch: \"refs/heads/main\" is not a branch name",
+        "attribution.services[1].service: service \"checkout\" is mapped twice",
+        "attribution.services[1].environment: must not be empty",
+    ];
+    for e in expect {
+        assert!(p.iter().any(|x| x.contains(e)), "{e} not in {p:?}");
+    }
+    // Every problem points at its line.
+    assert!(
+        p.iter()
+            .all(|x| x.starts_with("/etc/gatehouse/gatehouse.toml:")),
+        "{p:?}"
+    );
+    let good = format!(
+        "{MINIMAL}\n[webhooks]\nstore = \"hooks.db\"\n[[webhooks.sources]]\nname = \"gogs\"\nsecret_env = \"GOGS_HOOK_SECRET\"\n[attribution]\n\
+         [[attribution.services]]\nservice = \"checkout\"\nrepository = \"platform/checkout\"\n"
+    );
+    let c = parse(&good).unwrap();
+    assert!(c.attribution.enrich && !c.attribution.overwrite);
+    assert_eq!(c.attribution.services[0].git_ref, "refs/heads/master");
+}
+
+#[test]
+fn otlp_signal_paths_must_be_plain_paths() {
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"ls\"\nkind = \"otlp\"\nhosts = [\"otlp.example.com\"]\nupstream = \"https://ingest.lightstep.com\"\npublic = true\n\
+         [routes.otlp]\ntraces_path = \"traces/otlp/v0.9\"\nmetrics_path = \"/metrics/../v0.9\"\n"
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|e| e.contains("routes[1].otlp.traces_path")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|e| e.contains("routes[1].otlp.metrics_path")),
+        "{p:?}"
+    );
+}

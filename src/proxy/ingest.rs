@@ -7,7 +7,9 @@
 //! spliced (`attribution/`), compressed again if it came compressed, and forwarded with its
 //! new length. A body that is not a well-formed export is refused with 400 and not forwarded.
 //! Bodies in an encoding the gateway does not read (gRPC, `Content-Encoding` other than gzip)
-//! pass through untouched: attribution is a courtesy, never a reason to drop telemetry.
+//! pass through untouched, and so does everything when there is no commit store
+//! (`[webhooks]`) or `enrich = false`: attribution is a courtesy, never a reason to drop
+//! telemetry.
 
 use std::io::Write;
 
@@ -62,7 +64,8 @@ pub async fn enrich(
     else {
         return Ok((inbound, None));
     };
-    if !config.enrich {
+    // Nothing to attribute with: the body streams through unread.
+    if !config.enrich || !commits.has_store() {
         return Ok((inbound, None));
     }
     let Inbound { body, progress } = inbound;

@@ -688,3 +688,86 @@ async fn a_real_push_is_traced_with_its_verified_pusher_and_marks_the_deployment
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_grpc_passes_through_with_the_callers_token_swapped() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, POLICY);
+    let receiver_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+        .route_with(
+            "lightstep",
+            "otlp",
+            &[OTLP_HOST],
+            &format!("http://127.0.0.1:{receiver_port}"),
+            &format!("upstream_protocol = \"http2\"\n{}", secrets.otlp_extra()),
+        )
+        .start(&ca);
+    let token = tokio::task::block_in_place(|| {
+        provider.client_credentials_token(CI_CLIENT, &provider.ci_secret, &[])
+    });
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otlp/grpc_export.py"))
+        .arg(receiver_port.to_string())
+        .arg(format!("{OTLP_HOST}:{}", gw.port()))
+        .arg(&token)
+        .arg(ca.ca());
+    ca.apply_env(&mut cmd);
+    for k in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "grpc_proxy",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.env("NO_PROXY", "*").env("no_grpc_proxy", "*");
+    let out = tokio::task::spawn_blocking(move || {
+        ok(run_bounded(cmd, Duration::from_secs(120)), "grpc_export.py")
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["with_token"], "SUCCESS", "{v}\n{}", gw.log());
+    assert_eq!(v["without_token"], "FAILURE", "{v}");
+    // Exactly one export arrived: the authenticated one, with its span, carrying the
+    // gateway's Lightstep token and not the caller's credentials.
+    let received = v["received"].as_array().unwrap();
+    assert_eq!(received.len(), 1, "{v}");
+    assert_eq!(received[0]["services"], serde_json::json!(["checkout"]));
+    assert_eq!(received[0]["spans"], 1);
+    let metadata: Vec<(String, String)> = received[0]["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            (
+                kv[0].as_str().unwrap().to_string(),
+                kv[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let values = |key: &str| -> Vec<&str> {
+        metadata
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        values("lightstep-access-token"),
+        [LIGHTSTEP_TOKEN],
+        "{metadata:?}"
+    );
+    assert!(values("authorization").is_empty(), "{metadata:?}");
+    assert_eq!(values("traceparent").len(), 1, "{metadata:?}");
+}

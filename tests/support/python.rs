@@ -87,7 +87,7 @@ fn install_python_env() -> PathBuf {
     }
     let python = venv.join("bin/python");
     let imports = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, \
-                   opentelemetry.exporter.otlp.json.http";
+                   opentelemetry.exporter.otlp.json.http, opentelemetry.exporter.otlp.proto.grpc, grpc";
     let ready = |python: &Path| {
         python.exists() && {
             let mut check = Command::new(python);

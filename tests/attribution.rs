@@ -771,3 +771,49 @@ async fn otlp_over_grpc_passes_through_with_the_callers_token_swapped() {
     assert!(values("authorization").is_empty(), "{metadata:?}");
     assert_eq!(values("traceparent").len(), 1, "{metadata:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lightsteps_throttling_reaches_the_sdk_unchanged() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, POLICY);
+    for (status, retry_after) in [(429, "7"), (503, "30"), (502, ""), (504, "")] {
+        let reply = if retry_after.is_empty() {
+            Reply::Status(status)
+        } else {
+            Reply::StatusWith(status, "retry-after", retry_after)
+        };
+        let up = RecordingUpstream::start(reply).await;
+        let gw = GatewayBuilder::new()
+            .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+            .route_with(
+                "lightstep",
+                "otlp",
+                &[OTLP_HOST],
+                &up.url(),
+                &secrets.otlp_extra(),
+            )
+            .start(&ca);
+        let token = tokio::task::block_in_place(|| {
+            provider.client_credentials_token(CI_CLIENT, &provider.ci_secret, &[])
+        });
+        let body = support::otlp_body(&["checkout"]);
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: {OTLP_HOST}:{}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            gw.port(),
+            body.len()
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        let r = exchange(gw.https, &ca.ca(), OTLP_HOST, &bytes).await;
+        assert_eq!(r.status(), Some(status), "{}", r.text);
+        if retry_after.is_empty() {
+            assert_eq!(r.header("retry-after"), None);
+        } else {
+            assert_eq!(r.header("retry-after").as_deref(), Some(retry_after));
+        }
+        // The upstream's own answer, not one the gateway made up.
+        assert!(r.text.ends_with(&format!("status {status}")), "{}", r.text);
+        assert_eq!(up.requests().len(), 1);
+    }
+}

@@ -43,6 +43,8 @@ pub enum Reply {
     Ok,
     /// The given status with a short body.
     Status(u16),
+    /// The given status with a short body and this extra header.
+    StatusWith(u16, &'static str, &'static str),
     /// Wait, then 200.
     Delay(Duration),
     /// 200 with this many bytes of body, streamed.
@@ -209,6 +211,12 @@ async fn answer(
             r
         }
         Reply::Status(code) => full(code, Bytes::from(format!("status {code}"))),
+        Reply::StatusWith(code, name, value) => {
+            let mut r = full(code, Bytes::from(format!("status {code}")));
+            r.headers_mut()
+                .append(name, value.parse().expect("header value"));
+            r
+        }
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;
             full(200, Bytes::from_static(b"slow ok"))

@@ -382,6 +382,41 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
             assert_eq!(got, expected, "{name}");
         }
     }
+
+    // Counted, and on record: the request records of attributed exports name the commits.
+    assert_eq!(
+        s.gw.metric("gatehouse_otlp_exports_total{result=\"attributed\"}"),
+        4.0
+    );
+    assert_eq!(
+        s.gw.metric("gatehouse_otlp_exports_total{result=\"unattributed\"}"),
+        4.0
+    );
+    assert_eq!(
+        s.gw.metric("gatehouse_otlp_attributed_resources_total"),
+        8.0
+    );
+    let mut notes = Vec::new();
+    for entry in std::fs::read_dir(s.gw.audit_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let r: gatehouse::audit::Record = serde_json::from_str(line).unwrap();
+                if let Some(d) = r.detail.filter(|d| d.contains("attributed to")) {
+                    notes.push(d);
+                }
+            }
+        }
+    }
+    assert_eq!(notes.len(), 4, "{notes:?}");
+    for n in &notes {
+        assert_eq!(
+            n,
+            &format!(
+                "2 resource(s) attributed to {CHECKOUT_SHA} (platform/checkout), {CART_SHA} (platform/cart)"
+            )
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ pub mod deploy;
 pub mod headers;
 pub mod json;
 pub mod lookup;
+pub mod metrics;
 pub mod protobuf;
 
 use std::sync::Arc;

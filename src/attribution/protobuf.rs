@@ -125,7 +125,7 @@ fn scan_resource(
                 }
                 2 => {
                     tag.expect(WT_LEN)?;
-                    string = any_string(kv.len_delimited(tag.offset)?)?;
+                    merge_any(kv.len_delimited(tag.offset)?, &mut string)?;
                 }
                 _ => kv.skip(tag)?,
             }
@@ -140,19 +140,26 @@ fn scan_resource(
     })
 }
 
-/// The string an `AnyValue` holds, if the member set last is `string_value`.
-fn any_string(mut any: Cursor<'_>) -> Result<Option<&str>, OtlpError> {
-    let mut out = None;
+/// Merges one `AnyValue` into `string`, the `string_value` in force, as protobuf does: a
+/// `value` given twice in a `KeyValue` is one merged `AnyValue`, the oneof member set last
+/// wins, and fields `AnyValue` does not have (skipped by decoders) change nothing.
+fn merge_any<'a>(mut any: Cursor<'a>, string: &mut Option<&'a str>) -> Result<(), OtlpError> {
     while !any.at_end() {
         let tag = any.tag()?;
-        if tag.field == 1 && tag.wire_type == WT_LEN {
-            out = Some(any.len_delimited(tag.offset)?.utf8()?);
-        } else {
-            any.skip(tag)?;
-            out = None;
+        match tag.field {
+            1 if tag.wire_type == WT_LEN => {
+                *string = Some(any.len_delimited(tag.offset)?.utf8()?);
+            }
+            // The other members (bool, int, double, array, kvlist, bytes and the profiles'
+            // string_value_strindex, as in opentelemetry-proto 0.33).
+            1..=8 => {
+                any.skip(tag)?;
+                *string = None;
+            }
+            _ => any.skip(tag)?,
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The body with `additions[i]` added to entry `i` (entries without additions, and the

@@ -136,6 +136,66 @@ fn protobuf_without_a_known_commit_is_not_rewritten() {
 }
 
 #[test]
+fn protobuf_attribute_values_are_read_as_protobuf_merges_them() {
+    // Found by the otlp_splice fuzz target: an `AnyValue` field unknown to the schema after
+    // the string, or a second (empty) `value`, made the scanner lose a string prost keeps.
+    fn field(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        protobuf::put_varint(&mut out, payload.len() as u64);
+        out.extend_from_slice(payload);
+        out
+    }
+    let string = |s: &str| field(1, s.as_bytes());
+    let revision = [
+        field(1, b"vcs.ref.head.revision"),
+        field(2, &string(SHA)),
+        field(2, &[]),
+    ]
+    .concat();
+    // Field 12, fixed32: not an AnyValue member.
+    let unknown = [0x65, 1, 2, 3, 4];
+    let version = [
+        field(1, b"service.version"),
+        field(2, &[string("1.2.3"), unknown.to_vec()].concat()),
+    ]
+    .concat();
+    // bool_value set after the string: the string is gone.
+    let name = [
+        field(1, b"service.name"),
+        field(2, &string("cart")),
+        field(2, &[0x10, 0x01]),
+    ]
+    .concat();
+    let resource = [field(1, &revision), field(1, &version), field(1, &name)].concat();
+    let body = field(1, &field(1, &resource));
+
+    let decoded = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+    let attrs = &decoded.resource_spans[0]
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes;
+    assert_eq!(attrs[0], kv("vcs.ref.head.revision", SHA));
+    assert_eq!(attrs[1], kv("service.version", "1.2.3"));
+    assert_eq!(
+        attrs[2].value.as_ref().unwrap().value,
+        Some(Value::BoolValue(true))
+    );
+
+    let scanned = protobuf::scan(&body).unwrap();
+    assert_eq!(
+        scanned.facts(),
+        [EntryFacts {
+            service_name: None,
+            service_version: Some("1.2.3".into()),
+            revision: Some(SHA.into()),
+            present: 1,
+        }]
+    );
+    assert_eq!(scanned.facts()[0].named_commit(), Some(SHA));
+}
+
+#[test]
 fn attributes_the_sender_set_are_kept_unless_overwrite_is_on() {
     let commit = CommitAttributes::from_record(&record());
     let request = ExportTraceServiceRequest {

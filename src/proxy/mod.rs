@@ -545,10 +545,23 @@ impl Gateway {
             .await
             {
                 Ok((inbound, attributed)) => {
+                    if let Some(a) = &attributed {
+                        let m = &self.metrics.attribution;
+                        if a.resources > 0 {
+                            m.attributed.inc();
+                            m.resources.inc_by(a.resources as u64);
+                            draft.detail = Some(attributed_note(a));
+                        } else {
+                            m.unattributed.inc();
+                        }
+                    }
                     commit.known = attributed.and_then(|a| a.commits.first().cloned());
                     inbound
                 }
                 Err(error) => {
+                    if let ProxyError::Unreadable(_) = error {
+                        self.metrics.attribution.refused.inc();
+                    }
                     return Err(Failure {
                         error,
                         route: Some(route),
@@ -601,6 +614,20 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// What the request record says about an attributed export.
+fn attributed_note(a: &crate::attribution::Enriched) -> String {
+    let commits: Vec<String> = a
+        .commits
+        .iter()
+        .map(|c| format!("{} ({})", c.sha, c.repo))
+        .collect();
+    format!(
+        "{} resource(s) attributed to {}",
+        a.resources,
+        commits.join(", ")
+    )
 }
 
 fn commit_facts(c: &RequestCommit) -> Option<(String, String)> {

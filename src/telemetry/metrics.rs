@@ -68,6 +68,7 @@ pub struct Metrics {
     pub audit: std::sync::Arc<crate::audit::AuditMetrics>,
     pub webhooks: std::sync::Arc<crate::webhook::WebhookMetrics>,
     pub traces: std::sync::Arc<TraceMetrics>,
+    pub attribution: std::sync::Arc<crate::attribution::metrics::AttributionMetrics>,
 }
 
 /// Pre-resolved handles for one route (or for requests refused before routing).
@@ -175,6 +176,9 @@ impl Metrics {
         let audit = std::sync::Arc::new(crate::audit::AuditMetrics::new(&registry)?);
         let webhooks = std::sync::Arc::new(crate::webhook::WebhookMetrics::new(&registry)?);
         let traces = std::sync::Arc::new(TraceMetrics::new(&registry)?);
+        let attribution = std::sync::Arc::new(
+            crate::attribution::metrics::AttributionMetrics::new(&registry)?,
+        );
         let decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_policy_decisions_total",
@@ -198,6 +202,7 @@ impl Metrics {
             audit,
             webhooks,
             traces,
+            attribution,
             decisions,
             policy_reloads,
             policy_rules,

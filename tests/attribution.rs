@@ -15,6 +15,8 @@ use std::time::Duration;
 use aws_lc_rs::hmac;
 use base64::Engine;
 use gatehouse::classify::otlp::gunzip_capped;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
@@ -113,7 +115,7 @@ async fn setup() -> Setup {
             &[OTLP_HOST],
             &up.url(),
             &format!(
-                "{}traces_path = \"/traces/otlp/v0.9\"\n",
+                "{}traces_path = \"/traces/otlp/v0.9\"\nmetrics_path = \"/metrics/otlp/v0.9\"\n",
                 secrets.otlp_extra()
             ),
         )
@@ -189,6 +191,23 @@ fn commit_attributes(
     ]
 }
 
+/// Decodes what was sent and what arrived as `M`, adds `additions` to the sent resources
+/// (index, attributes), and asserts they are equal.
+fn check_protobuf<M: Message + Default + PartialEq + std::fmt::Debug>(
+    name: &str,
+    sent: &[u8],
+    got: &[u8],
+    attributes: impl Fn(&mut M, usize) -> &mut Vec<KeyValue>,
+    additions: &[(usize, &Vec<KeyValue>)],
+) {
+    let mut expected = M::decode(sent).unwrap();
+    let got = M::decode(got).unwrap();
+    for (i, add) in additions {
+        attributes(&mut expected, *i).extend((*add).clone());
+    }
+    assert_eq!(got, expected, "{name}");
+}
+
 fn plain_body(r: &Recorded) -> Vec<u8> {
     if r.header("content-encoding") == Some("gzip") {
         gunzip_capped(&r.body, 64 << 20).unwrap()
@@ -211,6 +230,7 @@ fn json_attributes(kvs: &[KeyValue]) -> Vec<serde_json::Value> {
 #[derive(Debug, serde::Deserialize)]
 struct Case {
     case: String,
+    signal: String,
     encoding: String,
     gzip: bool,
     kind: String,
@@ -271,7 +291,7 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
     .await
     .unwrap();
     let cases: Vec<Case> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 16);
 
     let enduser = subject(&s.token);
     let checkout = commit_attributes(
@@ -299,8 +319,13 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
         let name = &case.case;
 
         // The gateway's token, never the caller's; Lightstep's path.
-        assert_eq!(through.target, "/traces/otlp/v0.9", "{name}");
-        assert_eq!(sent.target, "/v1/traces", "{name}");
+        let (upstream_path, client_path) = match case.signal.as_str() {
+            "traces" => ("/traces/otlp/v0.9", "/v1/traces"),
+            "metrics" => ("/metrics/otlp/v0.9", "/v1/metrics"),
+            _ => ("/v1/logs", "/v1/logs"),
+        };
+        assert_eq!(through.target, upstream_path, "{name}");
+        assert_eq!(sent.target, client_path, "{name}");
         assert_eq!(
             through.header("lightstep-access-token"),
             Some(LIGHTSTEP_TOKEN),
@@ -337,44 +362,45 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
             }
             continue;
         }
+        // checkout (known SHA) and cart (mapped to its branch) gain exactly the commit's
+        // attributes; search ("2.4.1") and ledger (unknown SHA) are left alone.
+        let additions = [(0, &checkout), (2, &cart)];
         if case.encoding == "protobuf" {
-            let mut expected = ExportTraceServiceRequest::decode(sent_plain.as_slice()).unwrap();
-            let got = ExportTraceServiceRequest::decode(got.as_slice()).unwrap();
-            // checkout (known SHA) and cart (mapped to its branch) gain exactly the commit's
-            // attributes; search ("2.4.1") and ledger (unknown SHA) are left alone.
-            let names: Vec<String> = expected
-                .resource_spans
-                .iter()
-                .map(|r| {
-                    r.resource
-                        .as_ref()
-                        .unwrap()
-                        .attributes
-                        .iter()
-                        .find(|a| a.key == "service.name")
-                        .map(|a| format!("{:?}", a.value))
-                        .unwrap()
-                })
-                .collect();
-            assert_eq!(names.len(), 4, "{name}");
-            expected.resource_spans[0]
-                .resource
-                .as_mut()
-                .unwrap()
-                .attributes
-                .extend(checkout.clone());
-            expected.resource_spans[2]
-                .resource
-                .as_mut()
-                .unwrap()
-                .attributes
-                .extend(cart.clone());
-            assert_eq!(got, expected, "{name}");
+            match case.signal.as_str() {
+                "traces" => check_protobuf::<ExportTraceServiceRequest>(
+                    name,
+                    &sent_plain,
+                    &got,
+                    |m, i| &mut m.resource_spans[i].resource.as_mut().unwrap().attributes,
+                    &additions,
+                ),
+                "metrics" => check_protobuf::<ExportMetricsServiceRequest>(
+                    name,
+                    &sent_plain,
+                    &got,
+                    |m, i| &mut m.resource_metrics[i].resource.as_mut().unwrap().attributes,
+                    &additions,
+                ),
+                "logs" => check_protobuf::<ExportLogsServiceRequest>(
+                    name,
+                    &sent_plain,
+                    &got,
+                    |m, i| &mut m.resource_logs[i].resource.as_mut().unwrap().attributes,
+                    &additions,
+                ),
+                other => panic!("{other}"),
+            }
         } else {
+            let key = match case.signal.as_str() {
+                "traces" => "resourceSpans",
+                "metrics" => "resourceMetrics",
+                _ => "resourceLogs",
+            };
             let mut expected: serde_json::Value = serde_json::from_slice(&sent_plain).unwrap();
             let got: serde_json::Value = serde_json::from_slice(&got).unwrap();
-            for (i, add) in [(0, &checkout), (2, &cart)] {
-                expected["resourceSpans"][i]["resource"]["attributes"]
+            assert_eq!(expected[key].as_array().map(Vec::len), Some(4), "{name}");
+            for (i, add) in additions {
+                expected[key][i]["resource"]["attributes"]
                     .as_array_mut()
                     .unwrap()
                     .extend(json_attributes(add));
@@ -386,7 +412,7 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
     // Counted, and on record: the request records of attributed exports name the commits.
     assert_eq!(
         s.gw.metric("gatehouse_otlp_exports_total{result=\"attributed\"}"),
-        4.0
+        12.0
     );
     assert_eq!(
         s.gw.metric("gatehouse_otlp_exports_total{result=\"unattributed\"}"),
@@ -394,7 +420,7 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
     );
     assert_eq!(
         s.gw.metric("gatehouse_otlp_attributed_resources_total"),
-        8.0
+        24.0
     );
     let mut notes = Vec::new();
     for entry in std::fs::read_dir(s.gw.audit_dir()).unwrap() {
@@ -408,7 +434,53 @@ async fn real_sdk_exports_are_attributed_to_the_pushed_commits() {
             }
         }
     }
-    assert_eq!(notes.len(), 4, "{notes:?}");
+    assert_eq!(notes.len(), 12, "{notes:?}");
+
+    // A client may name the commit it runs: believed only when the store knows it; the
+    // gateway's own headers and baggage entries cannot be forged.
+    for (named, expect_commit) in [(&CHECKOUT_SHA[..10], true), ("0123456789", false)] {
+        let body = support::otlp_body(&["ledger"]);
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: {OTLP_HOST}:{}\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-protobuf\r\nX-Commit-Sha: {named}\r\nX-Gatehouse-Commit: forged\r\nX-Gatehouse-User: mallory\r\nbaggage: gatehouse.commit=forged,team=ledger\r\nx-otlp-case: named-{named}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s.gw.port(),
+            s.token,
+            body.len()
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        let r = exchange(s.gw.https, &s.ca.ca(), OTLP_HOST, &bytes).await;
+        assert_eq!(r.status(), Some(200), "{}", r.text);
+        let seen =
+            s.up.requests()
+                .into_iter()
+                .find(|r| r.header("x-otlp-case") == Some(&format!("named-{named}")))
+                .unwrap();
+        assert_eq!(seen.header_count("x-gatehouse-user"), 1);
+        assert_eq!(seen.header("x-gatehouse-user"), Some(enduser.as_str()));
+        let baggage = seen.header("baggage").unwrap();
+        assert!(
+            !baggage.contains("forged") && baggage.contains("team=ledger"),
+            "{baggage}"
+        );
+        if expect_commit {
+            assert_eq!(seen.header("x-gatehouse-commit"), Some(CHECKOUT_SHA));
+            assert_eq!(seen.header("x-gatehouse-commit-author"), Some("alice"));
+            assert_eq!(
+                seen.header("x-gatehouse-repository"),
+                Some("platform/checkout")
+            );
+            assert!(
+                baggage.contains(&format!("gatehouse.commit={CHECKOUT_SHA}")),
+                "{baggage}"
+            );
+        } else {
+            assert_eq!(seen.header("x-gatehouse-commit"), None);
+            assert_eq!(seen.header("x-gatehouse-commit-author"), None);
+        }
+        // A W3C trace context the gateway started.
+        let tp = seen.header("traceparent").unwrap();
+        assert_eq!(tp.len(), 55, "{tp}");
+    }
     for n in &notes {
         assert_eq!(
             n,

@@ -555,7 +555,9 @@ impl Gateway {
                             m.unattributed.inc();
                         }
                     }
-                    commit.known = attributed.and_then(|a| a.commits.first().cloned());
+                    if let Some(c) = attributed.and_then(|a| a.commits.first().cloned()) {
+                        commit.known = Some(c);
+                    }
                     inbound
                 }
                 Err(error) => {

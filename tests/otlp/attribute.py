@@ -1,4 +1,4 @@
-"""Sends real OTLP/HTTP trace exports, made by the OpenTelemetry Python SDK and its exporters,
+"""Sends real OTLP/HTTP exports (traces, metrics, logs), made by the OpenTelemetry Python SDK and its exporters,
 twice: through the gateway (with a bearer token, over TLS) and straight to the recording
 upstream (marked `x-direct: 1`), so tests/attribution.rs can compare what the gateway
 forwarded with what the SDK sent.
@@ -12,11 +12,18 @@ Prints the cases sent as JSON on stdout; exits non-zero if any export fails.
 """
 
 import json
+import os
 import sys
 
 from opentelemetry.exporter.otlp.common.http import Compression as JsonCompression
+from opentelemetry.exporter.otlp.json.http import OTLPMetricExporter as JsonMetricExporter
 from opentelemetry.exporter.otlp.json.http import OTLPSpanExporter as JsonSpanExporter
+from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter as JsonLogExporter
 from opentelemetry.exporter.otlp.proto.http import Compression as ProtoCompression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as ProtoLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as ProtoMetricExporter,
+)
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as ProtoSpanExporter,
 )
@@ -24,6 +31,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+# The metrics and logs of several resources, as tests/otlp/export.py builds them.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export import logs_for, metrics_for  # noqa: E402
+
+PROTO = {"traces": ProtoSpanExporter, "metrics": ProtoMetricExporter, "logs": ProtoLogExporter}
+JSON = {"traces": JsonSpanExporter, "metrics": JsonMetricExporter, "logs": JsonLogExporter}
 
 
 def spans_for(resources):
@@ -49,40 +63,40 @@ def main():
     ledger = Resource.create({"service.name": "ledger", "service.version": "deadbee"})
     cases = []
     failed = []
-    for encoding in ["protobuf", "json"]:
-        for gzip in [False, True]:
-            suffix = f"{encoding}{'-gzip' if gzip else ''}"
-            for kind, resources in [
-                ("mixed", [checkout, search, cart, ledger]),
-                ("unknown", [search, ledger]),
-            ]:
-                name = f"{kind}-{suffix}"
-                spans = spans_for(resources)
+    data = {
+        "traces": spans_for,
+        "metrics": lambda rs: metrics_for([(r, "") for r in rs]),
+        "logs": lambda rs: logs_for([(r, "") for r in rs]),
+    }
+    plan = [("traces", "mixed"), ("traces", "unknown"), ("metrics", "mixed"), ("logs", "mixed")]
+    for signal, kind in plan:
+        resources = [checkout, search, cart, ledger] if kind == "mixed" else [search, ledger]
+        for encoding in ["protobuf", "json"]:
+            for gzip in [False, True]:
+                name = f"{signal}-{kind}-{encoding}{'-gzip' if gzip else ''}"
+                payload = data[signal](resources)
                 for base, headers, cert in [
                     (gateway, {"authorization": f"Bearer {token}", "x-otlp-case": name}, ca),
                     (direct, {"x-direct": "1", "x-otlp-case": name}, None),
                 ]:
                     if encoding == "protobuf":
-                        exporter = ProtoSpanExporter(
-                            endpoint=base + "/v1/traces",
-                            certificate_file=cert,
-                            headers=headers,
-                            timeout=10,
-                            compression=ProtoCompression.Gzip if gzip else ProtoCompression.NoCompression,
-                        )
+                        compression = ProtoCompression.Gzip if gzip else ProtoCompression.NoCompression
+                        classes = PROTO
                     else:
-                        exporter = JsonSpanExporter(
-                            endpoint=base + "/v1/traces",
-                            certificate_file=cert,
-                            headers=headers,
-                            timeout=10,
-                            compression=JsonCompression.GZIP if gzip else JsonCompression.NONE,
-                        )
-                    result = exporter.export(spans)
+                        compression = JsonCompression.GZIP if gzip else JsonCompression.NONE
+                        classes = JSON
+                    exporter = classes[signal](
+                        endpoint=f"{base}/v1/{signal}",
+                        certificate_file=cert,
+                        headers=headers,
+                        timeout=10,
+                        compression=compression,
+                    )
+                    result = exporter.export(payload)
                     exporter.shutdown()
                     if getattr(result, "name", str(result)) != "SUCCESS":
                         failed.append(f"{name} via {base}: {result}")
-                cases.append({"case": name, "encoding": encoding, "gzip": gzip, "kind": kind})
+                cases.append({"case": name, "signal": signal, "encoding": encoding, "gzip": gzip, "kind": kind})
     json.dump(cases, sys.stdout)
     if failed:
         print("\nexports failed: " + "; ".join(failed), file=sys.stderr)

@@ -46,12 +46,20 @@ const FORWARDING: [&str; 10] = [
     "true-client-ip",
 ];
 
-/// Headers that rewrite the URL on some servers; nobody may send them through the gateway.
-const URL_OVERRIDES: [&str; 4] = [
+/// Headers that rewrite the URL or the method on some servers and frameworks (IIS, Symfony,
+/// Laravel, Rails, Express's method-override, nginx setups); nobody may send them through
+/// the gateway, since the policy decided on the URL and method it saw.
+const URL_OVERRIDES: [&str; 10] = [
     "x-original-url",
     "x-rewrite-url",
-    "x-http-method-override",
+    "x-override-url",
     "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
 ];
 
 /// Prefix of the headers the gateway itself sets toward upstreams.

@@ -300,7 +300,9 @@ impl<'a> AnyValueScan<'a> {
             let tag = any.tag()?;
             let expected = match tag.field {
                 1 | 5 | 6 | 7 => WT_LEN,
-                2 | 3 => WT_VARINT,
+                // 8: `string_value_strindex` (a dictionary index, opentelemetry-proto 1.7):
+                // not a string, so a name that ends as one is not a name we checked.
+                2 | 3 | 8 => WT_VARINT,
                 4 => WT_I64,
                 _ => {
                     any.skip(tag)?;
@@ -1039,6 +1041,11 @@ mod tests {
         ));
         // An empty string is a string.
         assert_eq!(case(kv("service.name", &any_string(""))).unwrap(), [""]);
+        // A string index (field 8) set after the string replaces it, as prost reads it.
+        assert!(matches!(
+            case(kv("service.name", &cat(&[any_string("s"), varint_field(8, 3)]))),
+            Err(OtlpError::ServiceNameNotString { resource: 0 })
+        ));
     }
 
     #[test]

@@ -245,6 +245,11 @@ impl Gateway {
         let otlp_json = ingest::wants_json(content_type);
         let grpc = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let trace = trace::RequestTrace::begin(req.headers(), self.tracer.as_ref());
+        // An HTTP/1 request asking to switch protocols (`Upgrade`, `CONNECT`) turns the framing
+        // guard off for the rest of the connection; whoever answers it, the connection closes
+        // after the answer unless it really switched, so nothing unchecked can follow.
+        let guard_off = req.version() <= Version::HTTP_11
+            && (method == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
         let arrival = audit::Arrival::new(
             time,
             start,
@@ -288,6 +293,10 @@ impl Gateway {
             resp = ingest::as_rpc_status(resp, otlp_json);
         }
 
+        if guard_off && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = resp.status();
         self.record(&mut resp, &mut draft, &arrival, failure.as_ref());
         let metrics = route.as_ref().map_or(&rt.unrouted, |r| &r.metrics);

@@ -9,5 +9,7 @@
 mod support;
 
 mod confusion;
+mod exhaustion;
+mod framing;
 mod harness;
 mod spoofing;

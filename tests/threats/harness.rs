@@ -430,6 +430,58 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Every line of every audit file is one JSON object on its own line, with no raw control
+/// characters, ANSI escapes or U+2028/U+2029 in it; returns the number of lines.
+pub fn audit_lines_are_clean(gw: &TestGateway) -> usize {
+    let mut files: Vec<_> = std::fs::read_dir(gw.audit_dir())
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "jsonl"));
+    files.sort();
+    let mut n = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read audit file");
+        let text = String::from_utf8(bytes).expect("audit file is UTF-8");
+        assert!(
+            text.ends_with('\n'),
+            "{}: last line unterminated",
+            f.display()
+        );
+        for line in text.lines() {
+            n += 1;
+            assert!(
+                !line
+                    .chars()
+                    .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
+                "{}: a raw control or separator character in {line:?}",
+                f.display()
+            );
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", f.display()));
+            assert!(v.is_object(), "{}: not an object: {line}", f.display());
+            assert!(
+                serde_json::from_str::<Record>(line).is_ok(),
+                "{}: not a record: {line}",
+                f.display()
+            );
+        }
+    }
+    n
+}
+
+/// `gatehouse audit verify <dir> --pubkey <the signing key>`: (success, output).
+pub fn audit_verify(gw: &TestGateway) -> (bool, String) {
+    let (ok, out, err) = crate::support::run_with_timeout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["audit", "verify"])
+            .arg(gw.audit_dir())
+            .arg("--pubkey")
+            .arg(gw.audit_key()),
+        60,
+    );
+    (ok, format!("{out}{err}"))
+}
+
 impl Stack {
     /// The audit records of a request that was allowed and forwarded while its body
     /// streamed, then cut off: a `request` record allowing it and an `outcome` record with

@@ -12,4 +12,6 @@ mod confusion;
 mod exhaustion;
 mod framing;
 mod harness;
+mod injection;
 mod spoofing;
+mod tokens;

@@ -20,7 +20,7 @@ pub enum PathError {
     BadPercent,
     #[error("path contains an encoded '/', '\\', '.', ';' or control character")]
     EncodedSeparator,
-    #[error("path contains a double-encoded '/', '\\', '.' or NUL")]
+    #[error("path contains a double-encoded '/', '\\', '.', ';' or NUL")]
     DoubleEncoded,
     #[error("path contains a '.' or '..' segment")]
     DotSegment,
@@ -61,7 +61,9 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                     }
                     b'%' => {
                         // `%25xx`: one more decode by a lenient upstream would yield `xx`.
-                        if let Ok(b'/' | b'\\' | b'.' | 0) = decode_pair(bytes.get(i + 3..i + 5)) {
+                        if let Ok(b'/' | b'\\' | b'.' | b';' | 0) =
+                            decode_pair(bytes.get(i + 3..i + 5))
+                        {
                             return Err(PathError::DoubleEncoded);
                         }
                     }

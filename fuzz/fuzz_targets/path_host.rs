@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         ] {
             assert!(!lower.contains(bad), "{text:?} accepted with {bad:?}");
         }
-        assert!(!lower.ends_with("/.") && !lower.ends_with("/.."), "{text:?}");
+        assert!(
+            !lower.ends_with("/.") && !lower.ends_with("/.."),
+            "{text:?}"
+        );
         assert!(text.bytes().all(|b| b > 0x20 && b < 0x7f), "{text:?}");
     }
     if let Ok(h) = HostRef::parse(text, 443) {

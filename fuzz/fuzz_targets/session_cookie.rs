@@ -27,14 +27,20 @@ fuzz_target!(|data: &[u8]| {
     let _ = cookies::pairs(&headers).count();
     if let Some(joined) = cookies::join_session(&headers) {
         // Nothing the fuzzer writes is a valid seal for this context.
-        assert!(ring.open(b"gatehouse session\0example.test", &joined).is_none());
+        assert!(
+            ring.open(b"gatehouse session\0example.test", &joined)
+                .is_none()
+        );
     }
     // Round trip: whatever bytes, sealed, split and joined, open again.
     let sealed = ring.seal(b"ctx", data);
     if let Some(parts) = cookies::split_session(&sealed) {
         let mut h = HeaderMap::new();
         let line: Vec<String> = parts.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        h.insert(header::COOKIE, HeaderValue::from_str(&line.join("; ")).unwrap());
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&line.join("; ")).unwrap(),
+        );
         let joined = cookies::join_session(&h).expect("the pieces join");
         assert_eq!(ring.open(b"ctx", &joined).as_deref(), Some(data));
     }

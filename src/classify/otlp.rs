@@ -1043,7 +1043,10 @@ mod tests {
         assert_eq!(case(kv("service.name", &any_string(""))).unwrap(), [""]);
         // A string index (field 8) set after the string replaces it, as prost reads it.
         assert!(matches!(
-            case(kv("service.name", &cat(&[any_string("s"), varint_field(8, 3)]))),
+            case(kv(
+                "service.name",
+                &cat(&[any_string("s"), varint_field(8, 3)])
+            )),
             Err(OtlpError::ServiceNameNotString { resource: 0 })
         ));
     }

@@ -122,6 +122,20 @@ impl Draft {
         });
     }
 
+    /// The gateway refused a request the policy had allowed, before anything was forwarded
+    /// (a malformed OTLP export): the record says deny, keeping the rule that allowed it.
+    pub fn refuse_after_policy(&mut self, reason: &str) {
+        let reason = cap(reason, "decision.reasons", &mut self.truncated);
+        match &mut self.decision {
+            Some(d) if d.effect == "deny" => {}
+            Some(d) => {
+                d.effect = "deny".into();
+                d.reasons.insert(0, reason);
+            }
+            None => self.deny(&reason),
+        }
+    }
+
     /// The gateway refused the request before (or instead of) consulting the policy.
     pub fn deny(&mut self, reason: &str) {
         let reason = cap(reason, "decision.reasons", &mut self.truncated);

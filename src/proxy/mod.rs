@@ -360,12 +360,13 @@ impl Gateway {
             }
             return;
         }
-        if draft.decision.is_none() {
-            match failure {
-                Some(e) => draft.deny(&e.to_string()),
-                None if status < 400 => draft.allow("answered by the gateway"),
-                None => draft.deny("answered by the gateway"),
-            }
+        match (failure, draft.decision.is_some()) {
+            // Nothing was forwarded, whatever the policy said.
+            (Some(e), true) => draft.refuse_after_policy(&e.to_string()),
+            (Some(e), false) => draft.deny(&e.to_string()),
+            (None, true) => {}
+            (None, false) if status < 400 => draft.allow("answered by the gateway"),
+            (None, false) => draft.deny("answered by the gateway"),
         }
         if let Some(e) = failure {
             // The failure is the detail; after what the stages noted, if anything.

@@ -471,3 +471,59 @@ async fn unknown_kid_jwt_storm_fetches_the_jwks_at_most_once_a_minute() {
         .await;
     assert_eq!(r.status(), Some(200), "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bomb_export_is_refused_before_it_is_inflated_past_the_limit() {
+    use std::io::Write;
+    // An OTLP route that reads exports (commit attribution needs the webhook store), with a
+    // 1 MiB limit; the bomb is 20 KB of gzip that inflates to 32 MiB.
+    let ca = crate::support::DevCa::new();
+    let up = crate::support::RecordingUpstream::start(crate::support::Reply::Ok).await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("secret"), "s").unwrap();
+    let gw = crate::support::GatewayBuilder::new()
+        .toml(&format!(
+            "[webhooks]\nstore = {:?}\n[[webhooks.sources]]\nname = \"gogs\"\nsecret_file = {:?}\n",
+            data.path().join("hooks.db").display().to_string(),
+            data.path().join("secret").display().to_string()
+        ))
+        .route(
+            "ingest",
+            "otlp",
+            &[crate::support::HOST],
+            &up.url(),
+            "max_body_bytes = \"1MiB\"\n",
+        )
+        .start(&ca);
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![0u8; 32 << 20]).unwrap();
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    let mut req = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::support::HOST,
+        gw.port(),
+        bomb.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&bomb);
+    let s = crate::harness::Stack::from_parts(ca, up, gw);
+    let r = s
+        .refused(
+            "gzip bomb",
+            &req,
+            400,
+            "larger than 1048576 bytes once decompressed",
+        )
+        .await;
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
+    // Peak memory stayed far below what the bomb inflates to.
+    assert!(
+        s.gw.peak_rss_kib() < 200 * 1024,
+        "peak RSS {} KiB",
+        s.gw.peak_rss_kib()
+    );
+}

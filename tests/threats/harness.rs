@@ -182,6 +182,18 @@ impl Stack {
         }
     }
 
+    /// A stack around a gateway the test configured itself.
+    pub fn from_parts(ca: DevCa, up: RecordingUpstream, gw: TestGateway) -> Stack {
+        Stack {
+            ca,
+            up,
+            gw,
+            _provider: None,
+            alice: None,
+            _secrets: None,
+        }
+    }
+
     /// Like [`Stack::gogs`], with a second trusted issuer whose signing key the test holds
     /// (so tokens that are validly signed but wrong in another way can be made), and the
     /// gateway's configuration tuned by `tune`.

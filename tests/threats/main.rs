@@ -15,3 +15,4 @@ mod harness;
 mod injection;
 mod spoofing;
 mod tokens;
+mod webhooks;

@@ -145,7 +145,11 @@ async fn the_full_path_at_half_load_does_not_grow() {
     );
 
     let ca = DevCa::new();
-    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    // Access tokens must outlive the run (the provider's default is ten minutes).
+    let ttl = (seconds + 600).to_string();
+    let provider = tokio::task::block_in_place(|| {
+        OidcProvider::start_with_env(&ca, &[("OIDC_ACCESS_TOKEN_TTL", ttl.as_str())])
+    });
     let secrets = Secrets::new(&provider, POLICY);
     let up = upstream().await;
     let gw = GatewayBuilder::new()

@@ -55,7 +55,12 @@ async fn encoded_slashes_and_backslashes_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semicolon_path_parameters_are_refused() {
     let s = Stack::plain().await;
-    for target in ["/admin;jsessionid=1", "/a;/admin", "/a/%3b/admin", "/a/%253b/admin"] {
+    for target in [
+        "/admin;jsessionid=1",
+        "/a;/admin",
+        "/a/%3b/admin",
+        "/a/%253b/admin",
+    ] {
         s.refused(target, get(&s, target).as_bytes(), 400, "bad path")
             .await;
     }

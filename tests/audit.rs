@@ -638,7 +638,8 @@ async fn every_decision_is_recorded_with_identity_and_outcome_and_the_log_verifi
         "|token_rejected /api/v1/user|deny||401",
         "|request /|deny||400",
         "carol|admin /.gatehouse/audit/export|allow|audit-export|200",
-        "carol|admin /.gatehouse/audit/export|allow|audit-export|400",
+        // Allowed by the rule, refused for its bad query before anything was exported.
+        "carol|admin /.gatehouse/audit/export|deny|audit-export|400",
         "alice|admin /.gatehouse/audit/export|deny||403",
     ];
     for e in expected {

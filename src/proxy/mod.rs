@@ -20,6 +20,7 @@ pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod trace;
+pub mod unparsed;
 pub mod upgrade;
 pub mod webhook;
 

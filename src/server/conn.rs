@@ -19,6 +19,7 @@ use super::h1_guard::{FramingFlag, GuardedIo};
 use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::proxy::downstream::Downstream;
+use crate::proxy::unparsed::Unparsed;
 
 /// Per-connection protocol settings, taken from the configuration current at accept time.
 #[derive(Debug, Clone, Copy)]
@@ -170,9 +171,10 @@ async fn run<IO>(
         .keep_alive_timeout(Duration::from_secs(20));
 
     let activity = down.activity.clone();
+    let (gw, dn) = (gateway.clone(), down.clone());
     let service = service_fn(move |req| {
-        let gateway = gateway.clone();
-        let down = down.clone();
+        let gateway = gw.clone();
+        let down = dn.clone();
         async move { Ok::<_, Infallible>(gateway.handle(req, &down).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -184,6 +186,9 @@ async fn run<IO>(
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with error");
+                    if let Some(u) = Unparsed::from_error(&*e, down.framing.partial_head()) {
+                        gateway.record_unparsed(&down, u);
+                    }
                 }
                 return;
             }

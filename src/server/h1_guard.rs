@@ -12,23 +12,34 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// The first framing violation seen on a connection, shared with the request handler.
+/// The first framing violation seen on a connection, shared with the request handler, and
+/// whether a request head is half read (so a header timeout can tell a slow client from an
+/// idle keep-alive connection).
 #[derive(Debug, Default)]
-pub struct FramingFlag(OnceLock<&'static str>);
+pub struct FramingFlag {
+    violation: OnceLock<&'static str>,
+    partial_head: AtomicBool,
+}
 
 impl FramingFlag {
     pub fn violation(&self) -> Option<&'static str> {
-        self.0.get().copied()
+        self.violation.get().copied()
+    }
+
+    /// Whether the bytes read so far end inside a request head.
+    pub fn partial_head(&self) -> bool {
+        self.partial_head.load(Ordering::Relaxed)
     }
 
     fn set(&self, why: &'static str) {
-        let _ = self.0.set(why);
+        let _ = self.violation.set(why);
     }
 }
 
@@ -88,7 +99,13 @@ impl Tracker {
     }
 
     /// Feeds bytes in the order hyper reads them.
-    pub fn feed(&mut self, mut data: &[u8], flag: &FramingFlag) {
+    pub fn feed(&mut self, data: &[u8], flag: &FramingFlag) {
+        self.step(data, flag);
+        let partial = self.state == State::Head && !self.head.is_empty();
+        flag.partial_head.store(partial, Ordering::Relaxed);
+    }
+
+    fn step(&mut self, mut data: &[u8], flag: &FramingFlag) {
         while !data.is_empty() {
             match &mut self.state {
                 State::Passthrough => return,
@@ -578,5 +595,23 @@ POST /y HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         t.feed(&input, &flag);
         assert_eq!(flag.violation(), None);
         assert_eq!(t.state, State::Head);
+    }
+
+    #[test]
+    fn a_half_read_head_is_told_from_an_idle_connection() {
+        let flag = FramingFlag::default();
+        let mut t = Tracker::new(65536);
+        assert!(!flag.partial_head());
+        t.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", &flag);
+        assert!(flag.partial_head());
+        t.feed(b"a\r\n\r\n", &flag);
+        assert!(!flag.partial_head(), "a complete head, then idle");
+        t.feed(b"\r\n", &flag);
+        assert!(
+            !flag.partial_head(),
+            "blank lines between requests are not a head"
+        );
+        t.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", &flag);
+        assert!(!flag.partial_head(), "inside a body");
     }
 }

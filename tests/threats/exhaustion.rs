@@ -11,8 +11,9 @@ use crate::support::HOST;
 use crate::support::raw::{self, Response, read_response};
 
 /// An oversized head: hyper's parser answers 431 before the gateway sees a request, so there
-/// is no request id and no request to audit; nothing reaches the upstream.
+/// is no request id; the refusal is on record with the peer, and nothing reaches the upstream.
 async fn head_too_large(s: &Stack, threat: &str, bytes: &str) {
+    let seen = s.unparsed_records().len();
     let r = s.send_lenient(bytes.as_bytes()).await;
     assert_eq!(
         r.status(),
@@ -27,6 +28,9 @@ async fn head_too_large(s: &Stack, threat: &str, bytes: &str) {
         "{threat}: reached the upstream: {:?}",
         s.up.requests()
     );
+    tokio::task::block_in_place(|| {
+        s.unparsed_record(threat, seen, Some(431), "request head too large")
+    });
 }
 
 /// The gateway still answers an ordinary request.
@@ -64,6 +68,14 @@ async fn slow_headers_are_cut_off_at_header_read() {
     let r = read_response(&mut c, Duration::from_secs(3)).await;
     let took = started.elapsed();
     assert!(cut || r.closed, "still open after {took:?}: {}", r.text);
+    tokio::task::block_in_place(|| {
+        s.unparsed_record(
+            "slowloris",
+            0,
+            None,
+            "request head not received within the header read timeout",
+        )
+    });
     assert!(
         r.status().is_none_or(|s| s == 408),
         "unexpected answer: {}",

@@ -40,6 +40,7 @@ fn only_answer(s: &Stack, threat: &str, r: &Response) {
 /// `status`) with no request id, closes, and nothing reaches the upstream. No audit record
 /// can name it (there is no request to name); the gateway's log notes the broken connection.
 async fn refused_by_the_parser(s: &Stack, threat: &str, bytes: &str, status: u16) {
+    let seen = s.unparsed_records().len();
     let r = s.send(bytes.as_bytes()).await;
     assert_eq!(r.status(), Some(status), "{threat}: {}", r.text);
     assert_eq!(
@@ -61,6 +62,9 @@ async fn refused_by_the_parser(s: &Stack, threat: &str, bytes: &str, status: u16
     );
     s.gw.eventually(5, "the broken connection in the log", || {
         s.gw.log().contains("connection ended with error")
+    });
+    tokio::task::block_in_place(|| {
+        s.unparsed_record(threat, seen, Some(status), "malformed request head")
     });
 }
 

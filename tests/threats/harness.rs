@@ -141,6 +141,46 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Records of requests the parser refused: they have no request id (the client never got
+    /// one), only the peer and why.
+    pub fn unparsed_records(&self) -> Vec<Record> {
+        audit_records(&self.gw)
+            .into_iter()
+            .filter(|r| r.kind == "request" && r.request_id.is_none())
+            .collect()
+    }
+
+    /// Waits for the next parser refusal on record (the `seen + 1`th) and checks it denies
+    /// with `status` and says `reason`.
+    pub fn unparsed_record(&self, threat: &str, seen: usize, status: Option<u16>, reason: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let records = loop {
+            let found = self.unparsed_records();
+            if found.len() > seen || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(records.len(), seen + 1, "{threat}: {records:#?}");
+        let rec = &records[seen];
+        assert_eq!(rec.status, status, "{threat}: {rec:#?}");
+        let d = rec.decision.as_ref().expect("a decision");
+        assert_eq!(d.effect, "deny", "{threat}: {rec:#?}");
+        assert!(
+            d.reasons.iter().any(|r| r.contains(reason)),
+            "{threat}: audit says {:?}, expected {reason:?}",
+            d.reasons
+        );
+        let source = rec.source.as_ref().expect("a source");
+        assert!(source.addr.starts_with("127.0.0.1:"), "{threat}: {rec:#?}");
+        assert!(
+            rec.path.is_none() && rec.method.is_none(),
+            "{threat}: {rec:#?}"
+        );
+    }
+}
+
 /// Every record in the gateway's audit directory, in file order.
 pub fn audit_records(gw: &TestGateway) -> Vec<Record> {
     let mut files: Vec<_> = std::fs::read_dir(gw.audit_dir())

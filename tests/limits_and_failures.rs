@@ -222,7 +222,7 @@ async fn beyond_max_connections_new_clients_wait_for_a_free_slot() {
 }
 
 #[tokio::test]
-async fn upstream_failures_map_to_502_and_504_with_a_request_id() {
+async fn upstream_failures_map_to_502_and_504_on_record_and_leave_no_connection_open() {
     let ca = DevCa::new();
     let refused = refused_addr().await;
     let (reset, _t1) = broken_upstream(Broken::Reset).await;
@@ -250,10 +250,20 @@ async fn upstream_failures_map_to_502_and_504_with_a_request_id() {
             "path_prefix = \"/hang\"\n[routes.timeouts]\nresponse = \"1s\"",
         )
         .start(&ca);
-    for (path, want, kind) in [
-        ("/refused", 502, "connect"),
-        ("/reset", 502, "reset"),
-        ("/hang", 504, "timeout"),
+    for (path, want, kind, why) in [
+        (
+            "/refused",
+            502,
+            "connect",
+            "upstream refused the connection or could not be reached",
+        ),
+        (
+            "/reset",
+            502,
+            "reset",
+            "upstream closed the connection before answering",
+        ),
+        ("/hang", 504, "timeout", "upstream did not answer in time"),
     ] {
         let started = Instant::now();
         let r = exchange(
@@ -280,7 +290,17 @@ async fn upstream_failures_map_to_502_and_504_with_a_request_id() {
             "{}",
             gw.metrics_text()
         );
+        // On record: the request as allowed and forwarded, then its outcome and why.
+        let records = gw.audit_of(&id);
+        let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["request", "outcome"], "{records:#?}");
+        assert_eq!(records[1].status, Some(want), "{records:#?}");
+        assert_eq!(records[1].detail.as_deref(), Some(why), "{records:#?}");
     }
+    // Nothing is left hanging: every client connection is closed and counted as such.
+    gw.eventually(5, "no active connections", || {
+        gw.metric("gatehouse_active_connections") == 0.0
+    });
 }
 
 #[tokio::test]

@@ -230,6 +230,41 @@ impl TestGateway {
         self.dir.path().join("audit")
     }
 
+    /// Every record in the audit directory, in file order.
+    pub fn audit_records(&self) -> Vec<gatehouse::audit::Record> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The records of request `id`, once its last one has a status (waits up to 5 s).
+    pub fn audit_of(&self, request_id: &str) -> Vec<gatehouse::audit::Record> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found: Vec<_> = self
+                .audit_records()
+                .into_iter()
+                .filter(|r| r.request_id.as_deref() == Some(request_id))
+                .collect();
+            if found.last().is_some_and(|r| r.status.is_some()) || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn audit_key(&self) -> PathBuf {
         self.dir.path().join("audit-signing.pem")
     }

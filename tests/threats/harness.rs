@@ -183,21 +183,7 @@ impl Stack {
 
 /// Every record in the gateway's audit directory, in file order.
 pub fn audit_records(gw: &TestGateway) -> Vec<Record> {
-    let mut files: Vec<_> = std::fs::read_dir(gw.audit_dir())
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "jsonl"));
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Record>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    gw.audit_records()
 }
 
 impl Stack {

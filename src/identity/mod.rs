@@ -10,6 +10,7 @@ pub mod assertion;
 pub mod bearer;
 pub mod challenge;
 pub mod cookies;
+pub mod credential;
 pub mod jwks;
 pub mod keyring;
 pub mod metrics;
@@ -21,8 +22,6 @@ pub mod session;
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use serde::{Deserialize, Serialize};
@@ -34,6 +33,7 @@ use crate::proxy::client::ClientBuildError;
 use assertion::Assertion;
 use bearer::{BearerVerifier, Rejection};
 use challenge::Challenge;
+use credential::Presented;
 use jwks::JwtIssuer;
 use keyring::{KeyRing, KeyRingError};
 use oidc::{Oidc, RefreshError};
@@ -208,22 +208,20 @@ impl Authenticator {
     }
 
     async fn credential(&self, value: &HeaderValue, parts: &Parts, auth: RouteAuth) -> Outcome {
-        let text = value.to_str().unwrap_or("");
-        let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
-        let (method, token) = if scheme.eq_ignore_ascii_case("bearer") && auth.bearer {
-            (AuthMethod::Bearer, rest.trim().to_string())
-        } else if scheme.eq_ignore_ascii_case("basic") && auth.basic {
-            match basic_password(rest.trim()) {
-                Some(p) => (AuthMethod::Basic, p),
-                None => return self.reject(parts, auth, AuthMethod::Basic, Rejection::Malformed),
+        let (method, token) = match credential::parse(value.as_bytes()) {
+            Presented::Bearer(token) if auth.bearer => (AuthMethod::Bearer, token),
+            Presented::Basic(password) if auth.basic => (AuthMethod::Basic, password),
+            Presented::MalformedBasic if auth.basic => {
+                return self.reject(parts, auth, AuthMethod::Basic, Rejection::Malformed);
             }
-        } else {
-            self.metrics.rejected("scheme");
-            return Outcome::Challenge(challenge::unauthenticated(
-                parts,
-                auth,
-                "authorization scheme not accepted on this route",
-            ));
+            _ => {
+                self.metrics.rejected("scheme");
+                return Outcome::Challenge(challenge::unauthenticated(
+                    parts,
+                    auth,
+                    "authorization scheme not accepted on this route",
+                ));
+            }
         };
         let Some(verifier) = &self.bearer else {
             return self.reject(parts, auth, method, Rejection::UntrustedIssuer);
@@ -307,34 +305,5 @@ impl Authenticator {
                 Some(Outcome::Challenge(c))
             }
         }
-    }
-}
-
-/// The password of a Basic credential (the username is not used: git sends whatever its
-/// credential helper said).
-fn basic_password(encoded: &str) -> Option<String> {
-    let decoded = STANDARD.decode(encoded).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (_, password) = text.split_once(':')?;
-    (!password.is_empty()).then(|| password.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_yield_the_password() {
-        assert_eq!(
-            basic_password(&STANDARD.encode("gatehouse:eyJ.x.y")).as_deref(),
-            Some("eyJ.x.y")
-        );
-        assert_eq!(
-            basic_password(&STANDARD.encode("a:b:c")).as_deref(),
-            Some("b:c")
-        );
-        assert!(basic_password(&STANDARD.encode("nocolon")).is_none());
-        assert!(basic_password(&STANDARD.encode("user:")).is_none());
-        assert!(basic_password("!!!").is_none());
     }
 }

@@ -152,6 +152,15 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> GogsRequest
     }
 }
 
+/// Whether the request is the `git-receive-pack` RPC, whose body starts with the ref-update
+/// commands, spelled any way Gogs would route it (`git%2Dreceive-pack`, any case, a trailing
+/// slash). Deciding this from the raw path would let another spelling push unread refs.
+pub fn is_receive_pack_rpc(path: &str) -> bool {
+    split_segments(path)
+        .last()
+        .is_some_and(|s| eq(s, "git-receive-pack"))
+}
+
 /// Percent-decoded path segments, ignoring one trailing slash (Gogs's router does too).
 fn split_segments(path: &str) -> Vec<String> {
     let p = path.strip_prefix('/').unwrap_or(path);
@@ -312,6 +321,31 @@ mod tests {
             owner: owner.into(),
             name: name.into(),
         })
+    }
+
+    #[test]
+    fn every_spelling_of_the_receive_pack_rpc_is_recognised() {
+        for path in [
+            "/o/r.git/git-receive-pack",
+            "/o/r/git-receive-pack",
+            "/o/r.git/git%2Dreceive-pack",
+            "/o/r.git/git%2dreceive%2Dpack",
+            "/o/r.git/GIT-RECEIVE-PACK",
+            "/o/r.git/git-receive-pack/",
+            "/o/r.wiki.git/Git-Receive-Pack",
+        ] {
+            assert!(is_receive_pack_rpc(path), "{path}");
+            // The classifier and the command reader agree: every such POST is a push.
+            assert_eq!(classify(&Method::POST, path, None).kind, GitPush, "{path}");
+        }
+        for path in [
+            "/o/r.git/git-upload-pack",
+            "/o/r.git/info/refs",
+            "/o/r.git/git-receive-pack.x",
+            "/o/r.git/git-receive-pack//",
+        ] {
+            assert!(!is_receive_pack_rpc(path), "{path}");
+        }
     }
 
     /// (method, path, query, kind, repo as "owner/name" or "")

@@ -121,7 +121,7 @@ pub async fn authorize(
     } = &mut request.resource
         && judged
         && parts.method == Method::POST
-        && path.ends_with("/git-receive-pack")
+        && classify::gogs::is_receive_pack_rpc(path)
     {
         let g = guarded
             .as_mut()

@@ -185,3 +185,70 @@ async fn trailing_dot_and_upper_case_hosts_are_one_host() {
         s.up.clear();
     }
 }
+
+/// A ref rule cannot be sidestepped by spelling the push endpoint another way Gogs still
+/// routes to receive-pack (it percent-decodes and lower-cases the path): every spelling has
+/// its commands read and the protected branch refused in git's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_pack_spellings_cannot_skip_the_ref_rules() {
+    const POLICY: &str = "rules:
+  - id: anyone-gogs
+    route: gogs
+    roles: [\"*\"]
+  - id: protect-main
+    route: gogs
+    effect: deny
+    roles: [\"*\"]
+    git: { actions: [push], refs: [refs/heads/main] }
+";
+    let s = Stack::gogs_with_policy(POLICY).await;
+    let (host, token) = (s.host(), s.alice.clone().expect("alice"));
+    let command = format!(
+        "{} {} refs/heads/main\0report-status side-band-64k\n",
+        "1".repeat(40),
+        "2".repeat(40)
+    );
+    let body = format!("{:04x}{command}0000PACK", command.len() + 4);
+    for spelling in [
+        "git-receive-pack",
+        "git%2Dreceive-pack",
+        "git%2dreceive%2Dpack",
+        "GIT-RECEIVE-PACK",
+        "git-receive-pack/",
+    ] {
+        let threat = format!("push to main as {spelling}");
+        let r = s
+            .send(
+                format!(
+                    "POST /platform/app.git/{spelling} HTTP/1.1\r\nHost: {host}\r\n\
+                     Authorization: Bearer {token}\r\n\
+                     Content-Type: application/x-git-receive-pack-request\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status(), Some(200), "{threat}: {}", r.text);
+        assert!(
+            r.text.contains("ng refs/heads/main") && r.text.contains("protect-main"),
+            "{threat}: {}",
+            r.text
+        );
+        assert!(
+            s.up.requests().is_empty(),
+            "{threat}: reached Gogs: {:?}",
+            s.up.requests()
+        );
+        let id = r.header("x-request-id").expect("request id");
+        let records = tokio::task::block_in_place(|| s.records(&id));
+        let d = records[0].decision.as_ref().expect("decision");
+        assert_eq!(
+            (d.effect.as_str(), d.rule.as_deref()),
+            ("deny", Some("protect-main")),
+            "{threat}: {records:#?}"
+        );
+        let action = records[0].action.as_ref().expect("action");
+        assert_eq!(action.refs.len(), 1, "{threat}: {records:#?}");
+    }
+}

@@ -43,9 +43,14 @@ impl Stack {
     /// A Gogs route behind a real OpenID provider, with reverse-proxy authentication
     /// (`X-WEBAUTH-USER`), and an access token for alice.
     pub async fn gogs() -> Stack {
+        Stack::gogs_with_policy(POLICY).await
+    }
+
+    /// Like [`Stack::gogs`], with `policy` as the gateway's policy file.
+    pub async fn gogs_with_policy(policy: &str) -> Stack {
         let ca = DevCa::new();
         let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
-        let secrets = Secrets::new(&provider, POLICY);
+        let secrets = Secrets::new(&provider, policy);
         let up = RecordingUpstream::start(Reply::Ok).await;
         let gw = GatewayBuilder::new()
             .toml(&secrets.identity(&provider, "", &[crate::support::oidc::AUDIENCE]))

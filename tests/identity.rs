@@ -1185,3 +1185,199 @@ async fn git_clone_works_with_the_credential_helper_after_a_device_login() {
     );
     assert!(gw.metric(r#"gatehouse_auth_total{method="basic"}"#) >= 1.0);
 }
+
+/// Starts a sign-in at the gateway: (the provider's authorization URL, the pre-login cookie
+/// as `name=value`).
+async fn begin_sign_in(s: &Stack) -> (String, String) {
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/.gatehouse/oidc/login", &s.hp(), "").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(302), "{}", r.text);
+    let cookie = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("__Host-gatehouse-login-"))
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .unwrap_or_else(|| panic!("no pre-login cookie: {}", r.text));
+    let location = r
+        .header("location")
+        .unwrap_or_else(|| panic!("no Location: {}", r.text));
+    (location, cookie)
+}
+
+/// Every `Set-Cookie` value of a response, as sent.
+fn set_cookies(r: &support::raw::Response) -> Vec<String> {
+    r.text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().to_string())
+        })
+        .collect()
+}
+
+/// Signs in at the provider in the browser (which has no pre-login cookie, so the gateway's
+/// callback refuses it there, spending nothing) and returns the callback URL the provider
+/// sent the browser to: it carries the authorization code, the state and `iss`.
+fn provider_callback(s: &Stack, authorize: &str, user: &str) -> String {
+    let outcome = s.provider.browser_login(authorize, user, PASSWORD);
+    assert!(
+        outcome.final_url.contains("/.gatehouse/oidc/callback?"),
+        "{}\n{}\nprovider:\n{}",
+        outcome.final_url,
+        outcome.stderr,
+        s.provider.log()
+    );
+    outcome.final_url
+}
+
+/// The audit records of the request a raw response answered (by its `X-Request-Id`).
+fn audit_of_response(s: &Stack, r: &support::raw::Response) -> Vec<gatehouse::audit::Record> {
+    let id = r
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("no X-Request-Id: {}", r.text));
+    tokio::task::block_in_place(|| s.gw.audit_of(&id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_nonce_at_the_callback_is_refused_and_recorded() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let (authorize, cookie) = begin_sign_in(&s).await;
+    let a = support::oidc::query_params(&authorize);
+    assert!(a.contains_key("nonce"), "{authorize}");
+    // The provider is asked with sign-in A's state, PKCE challenge and redirect URI, but a
+    // nonce the gateway never issued: the code is valid and A's verifier redeems it, yet the
+    // ID token it yields names the wrong nonce.
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(prompt) = a.get("prompt") {
+        extra.push(("prompt", prompt));
+    }
+    let forged = s.provider.authorize_url(
+        &a["redirect_uri"],
+        &a["scope"],
+        &a["state"],
+        "nonce-the-gateway-never-issued",
+        &a["code_challenge"],
+        &extra,
+    );
+    let callback = tokio::task::block_in_place(|| provider_callback(&s, &forged, "alice"));
+    let params = support::oidc::query_params(&callback);
+    assert_eq!(params["state"], a["state"]);
+    let path = &callback[callback.find("/.gatehouse").unwrap_or(0)..];
+    let before =
+        s.gw.metric(r#"gatehouse_oidc_logins_total{result="token"}"#);
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(path, &s.hp(), &format!("Cookie: {cookie}\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(400), "{}\n{}", r.text, s.gw.log());
+    assert!(r.text.to_ascii_lowercase().contains("nonce"), "{}", r.text);
+    assert!(
+        !set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("__Host-gatehouse=") && !c.contains("Max-Age=0")),
+        "a session was issued: {}",
+        r.text
+    );
+    assert!(s.up.requests().is_empty(), "something reached the upstream");
+    assert_eq!(
+        s.gw.metric(r#"gatehouse_oidc_logins_total{result="token"}"#),
+        before + 1.0
+    );
+    let records = audit_of_response(&s, &r);
+    let failure = records
+        .iter()
+        .find(|rec| rec.kind == "login_failure")
+        .unwrap_or_else(|| panic!("no login_failure record: {records:?}"));
+    assert_eq!(failure.status, Some(400));
+    let decision = failure.decision.as_ref().expect("no decision");
+    assert_eq!(decision.effect, "deny");
+    assert!(
+        decision.reasons.iter().any(|r| r.contains("nonce")),
+        "{decision:?}"
+    );
+    assert!(
+        !records.iter().any(|rec| rec.kind == "login"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_with_a_foreign_or_missing_iss_is_refused() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    // The test provider advertises RFC 9207, so a callback without `iss` is as suspect as one
+    // naming another issuer.
+    assert_eq!(
+        s.provider.discovery()["authorization_response_iss_parameter_supported"].as_bool(),
+        Some(true),
+        "{:?}",
+        s.provider.discovery()
+    );
+    let metric = r#"gatehouse_oidc_logins_total{result="issuer"}"#;
+    for (case, iss) in [
+        ("foreign iss", Some("https://evil.example")),
+        ("missing iss", None),
+    ] {
+        // A real sign-in with a real code: only `iss` is changed on its way back.
+        let (authorize, cookie) = begin_sign_in(&s).await;
+        let callback = tokio::task::block_in_place(|| provider_callback(&s, &authorize, "bob"));
+        let params = support::oidc::query_params(&callback);
+        assert_eq!(
+            params.get("iss").map(String::as_str),
+            Some(s.provider.issuer.as_str()),
+            "{callback}"
+        );
+        let mut query = format!(
+            "code={}&state={}",
+            support::oidc::form_encode(&params["code"]),
+            support::oidc::form_encode(&params["state"])
+        );
+        if let Some(iss) = iss {
+            query.push_str(&format!("&iss={}", support::oidc::form_encode(iss)));
+        }
+        let before = s.gw.metric(metric);
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            get_with(
+                &format!("/.gatehouse/oidc/callback?{query}"),
+                &s.hp(),
+                &format!("Cookie: {cookie}\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(400), "{case}: {}", r.text);
+        assert!(r.text.contains("iss mismatch"), "{case}: {}", r.text);
+        assert!(
+            !set_cookies(&r)
+                .iter()
+                .any(|c| c.starts_with("__Host-gatehouse=") && !c.contains("Max-Age=0")),
+            "{case}: a session was issued: {}",
+            r.text
+        );
+        assert_eq!(s.gw.metric(metric), before + 1.0, "{case}");
+        let records = audit_of_response(&s, &r);
+        assert!(
+            records.iter().any(|rec| rec.kind == "login_failure"
+                && rec.status == Some(400)
+                && rec
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| d.reasons.iter().any(|x| x.contains("iss mismatch")))),
+            "{case}: {records:?}"
+        );
+    }
+    assert!(s.up.requests().is_empty(), "something reached the upstream");
+}

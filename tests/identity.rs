@@ -1381,3 +1381,73 @@ async fn a_callback_with_a_foreign_or_missing_iss_is_refused() {
     }
     assert!(s.up.requests().is_empty(), "something reached the upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_gogs_would_not_accept_gets_403_on_record_and_nothing_upstream() {
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    // mallory's username claim is `Mallory<script>` (tests/oidc/provider.mjs).
+    let outcome = tokio::task::block_in_place(|| {
+        s.provider
+            .browser_login(&s.gw.url("/"), "mallory", PASSWORD)
+    });
+    assert!(outcome.ok, "{}\n{}", outcome.stderr, s.gw.log());
+    assert!(
+        outcome.cookie("__Host-gatehouse").is_some(),
+        "not signed in"
+    );
+    // Signing in worked; the Gogs page the browser came back to did not.
+    assert_eq!(outcome.status, Some(403), "{}", outcome.body);
+    let cookies = cookie_header(&outcome);
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/platform/app",
+            &s.hp(),
+            &format!("Accept: text/html\r\nCookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+    assert!(
+        r.text.contains("characters Gogs does not allow"),
+        "{}",
+        r.text
+    );
+    assert!(
+        s.up.requests().is_empty(),
+        "a request reached Gogs: {:?}",
+        s.up.requests()
+    );
+    let records = audit_of_response(&s, &r);
+    let request = records
+        .iter()
+        .find(|rec| rec.kind == "request")
+        .unwrap_or_else(|| panic!("no request record: {records:?}"));
+    assert_eq!(
+        request
+            .identity
+            .as_ref()
+            .and_then(|i| i.username.as_deref()),
+        Some("Mallory<script>")
+    );
+    // The policy allowed it, the gateway refused it before forwarding anything: on record as
+    // deny, keeping the rule, with the refusal as the first reason (docs/audit.md).
+    let decision = request.decision.as_ref().expect("no decision");
+    assert_eq!(decision.effect, "deny", "{records:?}");
+    assert_eq!(decision.rule.as_deref(), Some("anyone-gogs"));
+    assert!(
+        decision
+            .reasons
+            .first()
+            .is_some_and(|x| x.contains("characters Gogs does not allow")),
+        "{decision:?}"
+    );
+    assert_eq!(request.status, Some(403), "{records:?}");
+    assert!(
+        !records.iter().any(|rec| rec.kind == "outcome"),
+        "an outcome implies something was forwarded: {records:?}"
+    );
+}

@@ -137,6 +137,17 @@ pub fn takeover(parts: &Parts) -> Option<Response<ResponseBody>> {
     Some(r)
 }
 
+/// Whether the gateway can broker this request for this caller at all, decided before the
+/// request's decision is written: a web page (other than the ones the gateway takes over)
+/// needs a username Gogs accepts. `Err` carries the reason for the 403, so the record says
+/// the request was refused, not allowed.
+pub fn admissible(parts: &Parts, identity: &Identity) -> Result<(), &'static str> {
+    if surface(parts) != Surface::Web || takeover(parts).is_some() {
+        return Ok(());
+    }
+    username(identity).map(|_| ())
+}
+
 /// Rewrites the request for Gogs. `Err` carries the reason for a 403.
 pub fn request(
     parts: &mut Parts,
@@ -372,6 +383,21 @@ mod tests {
         ] {
             assert!(username(&identity("s", bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_web_pages_need_a_username_gogs_accepts() {
+        let bad = identity("s", "Mallory<script>");
+        assert!(admissible(&parts("/platform/app", &[]), &bad).is_err());
+        assert!(admissible(&parts("/platform/app", &[]), &identity("s", "alice")).is_ok());
+        // Git and the API get the broker's credential; the gateway's own pages need no name.
+        let git = parts(
+            "/platform/app.git/info/refs?service=git-upload-pack",
+            &[("user-agent", "git/2.47")],
+        );
+        assert!(admissible(&git, &bad).is_ok());
+        assert!(admissible(&parts("/api/v1/user", &[]), &bad).is_ok());
+        assert!(admissible(&parts("/user/logout", &[]), &bad).is_ok());
     }
 
     #[test]

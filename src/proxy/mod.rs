@@ -524,6 +524,17 @@ impl Gateway {
             }
         };
 
+        // A Gogs page for a caller Gogs cannot be told about (a username it would not
+        // accept) is refused now, before the decision goes on record as allowed.
+        if let (Broker::Gogs(_), Some(c)) = (&route.broker, &caller)
+            && let Err(why) = gogs::admissible(&parts, &c.identity)
+        {
+            return Err(Failure {
+                error: ProxyError::Forbidden(why),
+                route: Some(route),
+            });
+        }
+
         // The commit this request is about: the one a push sends, the one an OTLP export
         // names (below), or the one a client names in X-Commit-Sha if the store knows it.
         let mut commit = RequestCommit {

@@ -1451,3 +1451,122 @@ async fn a_username_gogs_would_not_accept_gets_403_on_record_and_nothing_upstrea
         "an outcome implies something was forwarded: {records:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_can_verify_the_identity_assertion_with_the_published_jwks() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    // The key, as any upstream would fetch it: from the gateway, no credentials needed.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/.gatehouse/jwks.json", &s.hp(), "").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/jwk-set+json")),
+        "{}",
+        r.text
+    );
+    let body = r.text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let jwks: JwkSet =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("JWKS does not parse ({e}): {body}"));
+    assert_eq!(jwks.keys.len(), 1, "{body}");
+    assert!(
+        !body.contains("\"d\""),
+        "the JWKS publishes private key material: {body}"
+    );
+    let key = DecodingKey::from_jwk(&jwks.keys[0]).expect("JWK to key");
+    let validation = |aud: &str| {
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&[aud]);
+        v.set_issuer(&["gatehouse"]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v
+    };
+
+    // A person signed in with the browser asks for a Gogs page.
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "bob", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let seen = s.up.requests();
+    let page = seen.last().expect("the page never reached Gogs");
+    let token = page
+        .header("x-gatehouse-identity")
+        .expect("no X-Gatehouse-Identity upstream");
+    assert_eq!(page.header_count("x-gatehouse-identity"), 1);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation("gogs"))
+        .unwrap_or_else(|e| panic!("the assertion Gogs got does not verify: {e}"));
+    assert_eq!(data.header.alg, Algorithm::EdDSA);
+    assert_eq!(
+        data.header.kid.as_deref(),
+        jwks.keys[0].common.key_id.as_deref()
+    );
+    let c = &data.claims;
+    assert_eq!(c["sub"], "bob");
+    assert_eq!(c["preferred_username"], "bob");
+    assert_eq!(c["idp"], s.provider.issuer.as_str());
+    assert_eq!(c["groups"], serde_json::json!(["sre", "engineering"]));
+    assert_eq!(c["amr"], serde_json::json!(["session"]));
+    assert_eq!(
+        c["jti"].as_str(),
+        page.header("x-request-id"),
+        "the assertion names another request"
+    );
+    let (iat, exp) = (
+        c["iat"].as_u64().unwrap_or(0),
+        c["exp"].as_u64().unwrap_or(0),
+    );
+    assert!(exp > iat && exp - iat <= 300, "not short-lived: {c}");
+    // Meant for Gogs only: another route's audience refuses it, and one changed byte in the
+    // payload breaks the signature.
+    assert!(
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation("lightstep")).is_err()
+    );
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let mut forged = c.clone();
+    forged["sub"] = serde_json::json!("admin");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string()),
+        parts[2]
+    );
+    assert!(
+        jsonwebtoken::decode::<serde_json::Value>(&forged, &key, &validation("gogs")).is_err(),
+        "a forged assertion verified"
+    );
+
+    // A machine with a bearer token on Gogs's API: the same key verifies its assertion.
+    let ci = tokio::task::block_in_place(|| {
+        s.provider
+            .client_credentials_token(CI_CLIENT, &s.provider.ci_secret, &[])
+    });
+    s.up.clear();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/api/v1/user",
+            &s.hp(),
+            &format!("Authorization: Bearer {ci}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    let seen = s.up.requests();
+    let token = seen
+        .first()
+        .and_then(|r| r.header("x-gatehouse-identity"))
+        .expect("no assertion on the API request");
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation("gogs"))
+        .unwrap_or_else(|e| panic!("the API request's assertion does not verify: {e}"));
+    assert_eq!(data.claims["amr"], serde_json::json!(["bearer"]));
+    assert_eq!(data.claims["client_id"], CI_CLIENT);
+}

@@ -1570,3 +1570,130 @@ async fn upstreams_can_verify_the_identity_assertion_with_the_published_jwks() {
     assert_eq!(data.claims["amr"], serde_json::json!(["bearer"]));
     assert_eq!(data.claims["client_id"], CI_CLIENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gogs_sign_in_and_sign_out_are_the_gateways_and_sign_out_ends_the_gogs_session() {
+    let s = stack(
+        &[],
+        "",
+        &[AUDIENCE],
+        Reply::Header("set-cookie", "i_like_gogs=gogs-session-7; Path=/; HttpOnly"),
+    )
+    .await;
+    let outcome =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "alice", PASSWORD));
+    assert!(outcome.ok, "{}", outcome.stderr);
+    let sealed = outcome
+        .cookie("__Host-gatehouse-g-i_like_gogs")
+        .expect("Gogs cookie not sealed");
+    assert!(!sealed.value.contains("gogs-session-7"));
+    let cookies = cookie_header(&outcome);
+    s.up.clear();
+
+    // Gogs's own sign-in and sign-out pages, by GET and by POST: answered by the gateway.
+    for (method, path, status, location) in [
+        ("GET", "/user/login", 302, "/"),
+        ("POST", "/user/login", 303, "/"),
+        ("GET", "/user/sign_up", 302, "/"),
+        ("GET", "/user/logout", 302, "/.gatehouse/logout"),
+        ("POST", "/user/logout", 303, "/.gatehouse/logout"),
+    ] {
+        let r = exchange(
+            s.gw.https,
+            &s.ca.ca(),
+            HOST,
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/html\r\nCookie: {cookies}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                s.hp()
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), Some(status), "{method} {path}: {}", r.text);
+        assert_eq!(
+            r.header("location").as_deref(),
+            Some(location),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
+    assert!(
+        s.up.requests().is_empty(),
+        "Gogs saw its sign-in or sign-out page: {:?}",
+        s.up.requests()
+    );
+
+    // Signing out of the gateway deletes the sealed Gogs cookie too.
+    let page = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/.gatehouse/logout",
+            &s.hp(),
+            &format!("Cookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(page.status(), Some(200), "{}", page.text);
+    let csrf = page
+        .text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("no CSRF token in the page")
+        .to_string();
+    let body = format!("csrf={csrf}");
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        format!(
+            "POST /.gatehouse/logout HTTP/1.1\r\nHost: {}\r\nCookie: {cookies}\r\nOrigin: https://{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.hp(),
+            s.hp(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(303), "{}", r.text);
+    let set = set_cookies(&r);
+    let deleted = |name: &str| {
+        set.iter().any(|c| {
+            c.starts_with(&format!("{name}=;"))
+                && c.contains("Max-Age=0")
+                && c.contains("Path=/")
+                && c.contains("Secure")
+        })
+    };
+    assert!(
+        deleted("__Host-gatehouse-g-i_like_gogs"),
+        "the sealed Gogs cookie is not cleared: {set:?}"
+    );
+    assert!(
+        deleted("__Host-gatehouse"),
+        "the session is not cleared: {set:?}"
+    );
+    assert!(
+        s.up.requests().is_empty(),
+        "sign-out reached Gogs: {:?}",
+        s.up.requests()
+    );
+    // What the browser keeps afterwards (nothing of the gateway's) is signed out.
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with("/user/login", &s.hp(), "Accept: text/html\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(302), "{}", r.text);
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.starts_with(&s.provider.issuer)),
+        "{}",
+        r.text
+    );
+}

@@ -1697,3 +1697,112 @@ async fn gogs_sign_in_and_sign_out_are_the_gateways_and_sign_out_ends_the_gogs_s
         r.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_jwt_issuer_accepts_only_its_own_audience() {
+    // Two real providers: the company IdP (audience `gatehouse`) and a CI system's issuer
+    // (audience `ci-gateway`). Each can mint tokens for either audience.
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    let ci_issuer = tokio::task::block_in_place(|| OidcProvider::start(&s.ca));
+    let second = format!(
+        "[[identity.jwt]]\nissuer = {:?}\naudiences = [\"ci-gateway\"]\nca_file = {:?}\n",
+        ci_issuer.issuer,
+        ci_issuer.ca_file.display().to_string()
+    );
+    let gw = GatewayBuilder::new()
+        .toml(&s._secrets.identity(&s.provider, "", &[AUDIENCE]))
+        .toml(&second)
+        .route_with(
+            "gogs",
+            "gogs",
+            &[HOST],
+            &s.up.url(),
+            &s._secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            &s.up.url(),
+            &s._secrets.otlp_extra(),
+        )
+        .start(&s.ca);
+    let mint = |p: &OidcProvider, resource: Option<&str>| {
+        let extra: Vec<(&str, &str)> = resource.map(|r| ("resource", r)).into_iter().collect();
+        tokio::task::block_in_place(|| p.client_credentials_token(CI_CLIENT, &p.ci_secret, &extra))
+    };
+    let for_ci = Some("urn:audience:ci-gateway");
+    let cases = [
+        (
+            "the IdP's token for gatehouse",
+            &s.provider,
+            mint(&s.provider, None),
+            AUDIENCE,
+            200,
+        ),
+        (
+            "the IdP's token for ci-gateway",
+            &s.provider,
+            mint(&s.provider, for_ci),
+            "ci-gateway",
+            401,
+        ),
+        (
+            "the CI issuer's token for ci-gateway",
+            &ci_issuer,
+            mint(&ci_issuer, for_ci),
+            "ci-gateway",
+            200,
+        ),
+        (
+            "the CI issuer's token for gatehouse",
+            &ci_issuer,
+            mint(&ci_issuer, None),
+            AUDIENCE,
+            401,
+        ),
+    ];
+    let rejected = r#"gatehouse_auth_rejected_total{reason="audience"}"#;
+    for (case, issuer, token, audience, status) in &cases {
+        // The token is what the case says: that issuer, that audience, a valid signature.
+        let decoded = support::oidc::decode_jwt(token).expect("a JWT");
+        assert_eq!(
+            decoded.payload["iss"].as_str(),
+            Some(issuer.issuer.as_str()),
+            "{case}"
+        );
+        assert_eq!(decoded.payload["aud"].as_str(), Some(*audience), "{case}");
+        let before = gw.metric(rejected);
+        s.up.clear();
+        let r = exchange(
+            gw.https,
+            &s.ca.ca(),
+            HOST,
+            get_with(
+                "/api/v1/user",
+                &format!("{HOST}:{}", gw.port()),
+                &format!("Authorization: Bearer {token}\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            r.status(),
+            Some(*status),
+            "{case}: {}\n{}",
+            r.text,
+            gw.log()
+        );
+        if *status == 401 {
+            assert!(
+                r.text.contains("audience is not accepted"),
+                "{case}: {}",
+                r.text
+            );
+            assert_eq!(gw.metric(rejected), before + 1.0, "{case}");
+            assert!(s.up.requests().is_empty(), "{case}: reached the upstream");
+        } else {
+            assert_eq!(s.up.requests().len(), 1, "{case}");
+        }
+    }
+}

@@ -1806,3 +1806,159 @@ async fn each_jwt_issuer_accepts_only_its_own_audience() {
         }
     }
 }
+/// The `name=value` pairs a response sets (deletions left out), joined as a `Cookie` header.
+fn cookie_pairs_set(r: &support::raw::Response) -> String {
+    set_cookies(r)
+        .iter()
+        .filter(|c| !c.contains("Max-Age=0"))
+        .filter_map(|c| c.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Completes a sign-in begun with [`begin_sign_in`]: the provider's callback URL sent to the
+/// gateway with the pre-login cookie and whatever else the browser holds.
+async fn finish_sign_in(s: &Stack, callback: &str, cookies: &str) -> support::raw::Response {
+    let path = &callback[callback.find("/.gatehouse").unwrap_or(0)..];
+    exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(path, &s.hp(), &format!("Cookie: {cookies}\r\n")).as_bytes(),
+    )
+    .await
+}
+
+/// The CSRF token of the sign-out page for this session.
+async fn logout_csrf(s: &Stack, cookies: &str) -> Option<String> {
+    let page = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/.gatehouse/logout",
+            &s.hp(),
+            &format!("Cookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    page.text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .map(str::to_string)
+}
+
+/// GET `/` as a browser with `cookies`: (status, the username Gogs was told, if it was asked).
+async fn page_as(s: &Stack, cookies: &str) -> (Option<u16>, Option<String>) {
+    s.up.clear();
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        get_with(
+            "/",
+            &s.hp(),
+            &format!("Accept: text/html\r\nCookie: {cookies}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    let user =
+        s.up.requests()
+            .first()
+            .and_then(|r| r.header("x-webauth-user").map(str::to_string));
+    (r.status(), user)
+}
+
+/// Rewrites the session key file and reloads the gateway with SIGHUP.
+fn reload_session_keys(s: &Stack, keys: &[&str]) {
+    let metric = r#"gatehouse_config_reloads_total{result="success"}"#;
+    let before = s.gw.metric(metric);
+    let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    std::fs::write(s._secrets.path("session.keys"), text).expect("write session keys");
+    s.gw.signal("HUP");
+    s.gw.eventually(10, "the reload", || s.gw.metric(metric) > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_replaces_the_session_and_old_keys_keep_opening_after_rotation() {
+    use support::secrets::SESSION_KEY;
+    let s = stack(&[], "", &[AUDIENCE], Reply::Ok).await;
+    // alice already has a session (S1) when she signs in again.
+    let first =
+        tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "alice", PASSWORD));
+    assert!(first.ok, "{}", first.stderr);
+    let s1 = cookie_header(&first);
+    let s1_value = first
+        .cookie("__Host-gatehouse")
+        .expect("no session")
+        .value
+        .clone();
+    let s1_csrf = logout_csrf(&s, &s1).await.expect("no CSRF token for S1");
+
+    let (authorize, login_cookie) = begin_sign_in(&s).await;
+    let callback = tokio::task::block_in_place(|| provider_callback(&s, &authorize, "alice"));
+    let r = finish_sign_in(&s, &callback, &format!("{login_cookie}; {s1}")).await;
+    assert_eq!(r.status(), Some(302), "{}\n{}", r.text, s.gw.log());
+    let set = set_cookies(&r);
+    let s2_value = set
+        .iter()
+        .find_map(|c| c.strip_prefix("__Host-gatehouse="))
+        .and_then(|c| c.split(';').next())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("no new session cookie: {set:?}"))
+        .to_string();
+    assert_ne!(s2_value, s1_value, "the pre-existing session was kept");
+    let login_name = login_cookie.split('=').next().unwrap_or("");
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with(&format!("{login_name}=;")) && c.contains("Max-Age=0")),
+        "the pre-login cookie is not deleted: {set:?}"
+    );
+    let s2 = cookie_pairs_set(&r);
+    assert_eq!(page_as(&s, &s2).await, (Some(200), Some("alice".into())));
+    // A new session id: S1's CSRF token does not sign S2 out.
+    let s2_csrf = logout_csrf(&s, &s2).await.expect("no CSRF token for S2");
+    assert_ne!(s2_csrf, s1_csrf, "the session id was not rotated");
+    let body = format!("csrf={s1_csrf}");
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        HOST,
+        format!(
+            "POST /.gatehouse/logout HTTP/1.1\r\nHost: {}\r\nCookie: {s2}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.hp(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+
+    // Rotation: a new key goes in front; S2, sealed with the old key, still opens.
+    let new_key = {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).expect("random key");
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    tokio::task::block_in_place(|| reload_session_keys(&s, &[&new_key, SESSION_KEY]));
+    assert_eq!(
+        page_as(&s, &s2).await,
+        (Some(200), Some("alice".into())),
+        "a session sealed with the old key stopped opening:\n{}",
+        s.gw.log()
+    );
+    // The newest key seals: a sign-in begun now completes after the old key is gone, and
+    // only then does S2 stop opening (so the old key was what opened it).
+    let (authorize, login_cookie) = begin_sign_in(&s).await;
+    let callback = tokio::task::block_in_place(|| provider_callback(&s, &authorize, "alice"));
+    tokio::task::block_in_place(|| reload_session_keys(&s, &[&new_key]));
+    let r = finish_sign_in(&s, &callback, &login_cookie).await;
+    assert_eq!(r.status(), Some(302), "{}\n{}", r.text, s.gw.log());
+    let s3 = cookie_pairs_set(&r);
+    assert!(s3.contains("__Host-gatehouse="), "{}", r.text);
+    assert_eq!(page_as(&s, &s3).await, (Some(200), Some("alice".into())));
+    assert_eq!(page_as(&s, &s2).await, (Some(302), None));
+}

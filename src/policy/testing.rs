@@ -217,6 +217,19 @@ pub fn table(outcomes: &[Outcome]) -> String {
         }
     }
     let failed = outcomes.iter().filter(|o| !o.passed).count();
+    if failed > 0 {
+        // Each failure by file and case name, so it can be found and fixed.
+        out.push_str("\nfailed:\n");
+        for o in outcomes.iter().filter(|o| !o.passed) {
+            out.push_str(&format!(
+                "  {}: {}: expected {}, got {}\n",
+                o.file.display(),
+                o.name,
+                o.expected,
+                o.got
+            ));
+        }
+    }
     out.push_str(&format!(
         "\n{} cases, {} passed, {failed} failed\n",
         outcomes.len(),

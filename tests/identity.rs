@@ -1962,3 +1962,310 @@ async fn sign_in_replaces_the_session_and_old_keys_keep_opening_after_rotation()
     assert_eq!(page_as(&s, &s3).await, (Some(200), Some("alice".into())));
     assert_eq!(page_as(&s, &s2).await, (Some(302), None));
 }
+
+/// A gateway serving a real git server at `localhost:PORT` (which resolves everywhere, so the
+/// CLI and git need no resolver overrides), trusting a test provider; `jwt_extra` holds more
+/// lines for its `[[identity.jwt]]` section. `home` is the CLI's `HOME` and config directory.
+struct GitStack {
+    ca: DevCa,
+    provider: OidcProvider,
+    _secrets: Secrets,
+    _repos: tempfile::TempDir,
+    server: GitServer,
+    gw: TestGateway,
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl GitStack {
+    fn gateway_url(&self) -> String {
+        format!("https://localhost:{}", self.gw.port())
+    }
+
+    fn stored_path(&self) -> std::path::PathBuf {
+        self.home.path().join("gatehouse/credentials.json")
+    }
+
+    /// The stored entry for this gateway.
+    fn stored(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.stored_path()).expect("no stored credentials");
+        let all: serde_json::Value = serde_json::from_str(&text).expect("credentials.json");
+        all["gateways"][self.gateway_url()].clone()
+    }
+
+    fn stored_mode(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(self.stored_path())
+            .expect("stored credentials")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// `git` with `gatehouse git-credential` as its only credential helper.
+    fn git(&self, cwd: &Path, args: &[&str]) -> Command {
+        let helper = format!(
+            "credential.helper=!{} git-credential",
+            env!("CARGO_BIN_EXE_gatehouse")
+        );
+        let mut all = vec!["-c", helper.as_str()];
+        all.extend_from_slice(args);
+        let mut cmd = git(&self.ca, cwd, self.gw.port(), &all);
+        cmd.env("XDG_CONFIG_HOME", self.home.path())
+            .env("HOME", self.home.path());
+        cmd
+    }
+
+    /// `gatehouse login` for this gateway, completed in the browser as `user`.
+    fn login(&self, user: &str) {
+        let bin = env!("CARGO_BIN_EXE_gatehouse");
+        let mut login = Command::new(bin);
+        login
+            .args(["login", "--gateway", &self.gateway_url()])
+            .env("XDG_CONFIG_HOME", self.home.path())
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.ca.apply_env(&mut login);
+        let mut child = login.spawn().expect("spawn gatehouse login");
+        let stdout = child.stdout.take().expect("stdout");
+        let url = {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let mut url = None;
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(u) = line.trim().strip_prefix("Open ") {
+                    url = Some(u.to_string());
+                    break;
+                }
+                line.clear();
+            }
+            url
+        };
+        let Some(url) = url else {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "gatehouse login printed no URL: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let grant = support::oidc::DeviceGrant {
+            client_id: "gatehouse-cli".into(),
+            device_code: String::new(),
+            user_code: String::new(),
+            verification_uri: url.clone(),
+            verification_uri_complete: url,
+            expires_in: 0,
+        };
+        self.provider
+            .device_complete(&grant, user, PASSWORD)
+            .expect("device login in the browser");
+        let status = child.wait().expect("wait for gatehouse login");
+        assert!(status.success(), "gatehouse login failed");
+    }
+}
+
+async fn git_stack(provider_env: &[(&str, &str)], jwt_extra: &str) -> GitStack {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start_with_env(&ca, provider_env));
+    let secrets = Secrets::new(&provider, ALLOW_ALL);
+    let repos = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(repos.path()).await;
+    let identity = secrets.identity(&provider, "", &[AUDIENCE]).replace(
+        "[identity.assertion]",
+        &format!("{jwt_extra}\n[identity.assertion]"),
+    );
+    let gw = GatewayBuilder::new()
+        .toml(&identity)
+        .route_with(
+            "gogs",
+            "gogs",
+            &["localhost"],
+            &server.url(),
+            &secrets.gogs_extra(),
+        )
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            "http://127.0.0.1:9",
+            &secrets.otlp_extra(),
+        )
+        .start(&ca);
+    GitStack {
+        ca,
+        provider,
+        _secrets: secrets,
+        _repos: repos,
+        server,
+        gw,
+        home: tempfile::tempdir().expect("tempdir"),
+        work: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// Commits a file to `branch` of the bare repository at `bare` directly (not through the
+/// gateway); returns the new commit's SHA.
+fn commit_directly(bare: &Path, message: &str) -> String {
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(work.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Bob Example")
+            .env("GIT_AUTHOR_EMAIL", "bob@example.test")
+            .env("GIT_COMMITTER_NAME", "Bob Example")
+            .env("GIT_COMMITTER_EMAIL", "bob@example.test")
+            .args(args);
+        let (ok, out, err) = run_with_timeout(&mut cmd, 30);
+        assert!(ok, "git {args:?}: {out}{err}");
+        out.trim().to_string()
+    };
+    let bare = bare.to_str().expect("utf-8 path");
+    run(&["init", "--quiet", "--initial-branch=main"]);
+    let (ok, _, _) = run_with_timeout(
+        Command::new("git")
+            .current_dir(work.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["fetch", "--quiet", bare, "main"]),
+        30,
+    );
+    if ok {
+        run(&["reset", "--quiet", "--hard", "FETCH_HEAD"]);
+    }
+    std::fs::write(work.path().join(format!("{message}.txt")), message).expect("write file");
+    run(&["add", "."]);
+    run(&["commit", "--quiet", "-m", message]);
+    run(&["push", "--quiet", bare, "HEAD:main"]);
+    run(&["rev-parse", "HEAD"])
+}
+
+/// `gatehouse login`'s access token expires; on the next `git fetch`, git asks
+/// `gatehouse git-credential get`, which refreshes it with the stored refresh token, and the
+/// fetch goes through. The refreshed tokens are stored, still readable by the user alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_helper_refreshes_an_expired_token_and_git_fetch_keeps_working() {
+    // Access tokens live 4 s; the gateway allows 1 s of clock skew.
+    let s = git_stack(&[("OIDC_ACCESS_TOKEN_TTL", "4")], "leeway = \"1s\"").await;
+    let bare = s.server.create_repo("platform/app.git");
+    let first_commit = commit_directly(&bare, "first");
+    tokio::task::block_in_place(|| s.login("alice"));
+    assert_eq!(s.stored_mode(), 0o600);
+    let repo_url = format!("{}/platform/app.git", s.gateway_url());
+    let dest = s.work.path().join("app");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            &mut s.git(
+                s.work.path(),
+                &["clone", "--quiet", &repo_url, dest.to_str().expect("utf-8")],
+            ),
+            60,
+        )
+    });
+    assert!(ok, "clone failed: {out}{err}\n{}", s.gw.log());
+    let head = |dir: &Path, rev: &str| {
+        let (ok, out, err) = run_with_timeout(
+            Command::new("git")
+                .current_dir(dir)
+                .args(["rev-parse", rev]),
+            20,
+        );
+        assert!(ok, "rev-parse {rev}: {err}");
+        out.trim().to_string()
+    };
+    assert_eq!(head(&dest, "HEAD"), first_commit);
+
+    // Someone pushes on the server; meanwhile the stored access token expires.
+    let second_commit = commit_directly(&bare, "second");
+    let before = s.stored();
+    let expired = before["access_token"]
+        .as_str()
+        .expect("no stored access token")
+        .to_string();
+    let expires_at = before["expires_at"].as_u64().expect("no expires_at");
+    let refresh_before = before["refresh_token"]
+        .as_str()
+        .expect("no stored refresh token")
+        .to_string();
+    let wait = (expires_at + 2).saturating_sub(support::oidc::now_secs());
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+
+    // The gateway refuses the expired token itself (also from its verified-token cache).
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("gatehouse:{expired}"));
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "localhost",
+        get_with(
+            "/platform/app.git/info/refs?service=git-upload-pack",
+            &format!("localhost:{}", s.gw.port()),
+            &format!("Authorization: Basic {basic}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        Some(401),
+        "an expired token was accepted: {}",
+        r.text
+    );
+
+    // git fetch: git is refused, asks the helper, which refreshes; the fetch gets the commit.
+    let token_requests = |log: &str| log.lines().filter(|l| l.contains(" POST /token ")).count();
+    let token_requests_before = token_requests(&s.provider.log());
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(&mut s.git(&dest, &["fetch", "--quiet", "origin"]), 60)
+    });
+    assert!(ok, "fetch failed: {out}{err}\n{}", s.gw.log());
+    assert_eq!(head(&dest, "origin/main"), second_commit);
+
+    let after = s.stored();
+    let fresh = after["access_token"]
+        .as_str()
+        .expect("no access token after refresh");
+    assert_ne!(fresh, expired, "the expired token was not replaced");
+    assert!(
+        after["expires_at"].as_u64().unwrap_or(0) > support::oidc::now_secs(),
+        "the stored token is not fresh: {after}"
+    );
+    // The provider rotates refresh tokens of public clients; the new one is kept.
+    assert!(after["refresh_token"].as_str().is_some(), "{after}");
+    assert_ne!(
+        after["refresh_token"].as_str(),
+        Some(refresh_before.as_str())
+    );
+    assert!(
+        token_requests(&s.provider.log()) > token_requests_before,
+        "no refresh at the provider:\n{}",
+        s.provider.log()
+    );
+    assert_eq!(s.stored_mode(), 0o600, "the refreshed store is not 0600");
+    let dir_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(s.home.path().join("gatehouse"))
+            .expect("store directory")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(dir_mode, 0o700);
+    // The git server saw only the gateway's credential.
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("gatehouse-broker:{BROKER_TOKEN}"))
+    );
+    assert!(
+        s.server.requests().iter().all(|(_, h)| h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(expected.as_str())),
+        "the git server saw other credentials"
+    );
+}

@@ -435,9 +435,17 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     match gatehouse::telemetry::metrics::Metrics::new() {
         Ok(metrics) => {
-            if let Err(e) = gatehouse::proxy::Runtime::build(config.clone(), &metrics) {
-                eprintln!("{}: {e}", path.display());
-                ok = false;
+            match gatehouse::proxy::Runtime::build(config.clone(), &metrics) {
+                Ok(_) => {}
+                // Each policy problem names its own file (and line): one per line, as is.
+                Err(gatehouse::proxy::RuntimeError::Policy(e)) => {
+                    eprintln!("{e}");
+                    ok = false;
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    ok = false;
+                }
             }
         }
         Err(e) => {

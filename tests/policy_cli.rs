@@ -278,3 +278,104 @@ fn policy_explain_shows_the_allowing_rule() {
         ["no:", "ref", "does", "not", "match"]
     );
 }
+
+/// A configuration with one public Gogs route and the policy directory `policies`, beside it.
+fn check_config(dir: &Path) -> PathBuf {
+    let config = dir.join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        "[server]\nplaintext_listen = [\"127.0.0.1:0\"]\n[audit]\ndir = \"audit\"\n\
+         [policy]\ndir = \"policies\"\n\
+         [[routes]]\nname = \"gogs\"\nkind = \"gogs\"\nhosts = [\"git.example.com\"]\n\
+         upstream = \"http://127.0.0.1:3000\"\npublic = true\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    config
+}
+
+#[test]
+fn check_refuses_a_bad_policy_directory_naming_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = check_config(dir.path());
+    let policies = dir.path().join("policies");
+    let config_arg = config.to_str().unwrap();
+
+    // A good policy passes, so what follows fails for the policy alone.
+    std::fs::write(
+        policies.join("a.yaml"),
+        "roles:\n  dev: { groups: [engineering] }\nrules:\n  - id: browse\n    route: gogs\n    roles: [dev]\n",
+    )
+    .unwrap();
+    let r = gatehouse(&["check", "--config", config_arg]);
+    assert!(r.ok, "{}\n{}", r.out, r.err);
+
+    // Semantic problems: an unknown route, an unknown role, a duplicate id.
+    let a = policies.join("a.yaml");
+    std::fs::write(
+        &a,
+        "roles:\n  dev: { groups: [engineering] }\nrules:\n  - id: browse\n    route: gitea\n    roles: [dev]\n  - id: push\n    route: gogs\n    roles: [devs]\n  - id: browse\n    route: gogs\n    roles: [dev]\n",
+    )
+    .unwrap();
+    let r = gatehouse(&["check", "--config", config_arg]);
+    assert!(!r.ok, "check accepted a bad policy:\n{}", r.out);
+    assert_eq!(r.code, Some(1));
+    let a = a.display().to_string();
+    for (want_at, want) in [
+        (
+            format!("{a}:4:"),
+            "rules[0] (browse): route \"gitea\" is not configured (routes: gogs, gatehouse)",
+        ),
+        (
+            format!("{a}:7:"),
+            "rules[1] (push).roles: role \"devs\" is not defined (roles: dev)",
+        ),
+        (
+            format!("{a}:10:"),
+            "rules[2] (browse): rule id \"browse\" is already used at",
+        ),
+    ] {
+        let line = r
+            .err
+            .lines()
+            .find(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("no {want:?} in:\n{}", r.err));
+        assert!(line.contains(&want_at), "{want:?} not at {want_at}: {line}");
+    }
+
+    // A YAML syntax error and an unknown field, each at its line and column.
+    std::fs::write(
+        policies.join("a.yaml"),
+        "rules:\n  - id: a\n    route: gogs\n    rolez: [dev]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("b.yaml"),
+        "rules:\n  - id: b\n    route: [gogs\n",
+    )
+    .unwrap();
+    let r = gatehouse(&["check", "--config", config_arg]);
+    assert!(!r.ok, "{}", r.out);
+    let unknown = line(&r.err, &a);
+    assert!(unknown.starts_with(&format!("{a}:4:5: ")), "{unknown}");
+    assert!(unknown.contains("unknown field `rolez`"), "{unknown}");
+    let b = policies.join("b.yaml").display().to_string();
+    let syntax = r
+        .err
+        .lines()
+        .find(|l| l.contains(&b))
+        .unwrap_or_else(|| panic!("no problem in b.yaml:\n{}", r.err));
+    assert!(syntax.starts_with(&format!("{b}:")), "{syntax}");
+    assert!(!syntax.starts_with(&format!("{b}:0")), "{syntax}");
+
+    // A policy directory that is not there.
+    std::fs::remove_dir_all(&policies).unwrap();
+    let r = gatehouse(&["check", "--config", config_arg]);
+    assert!(!r.ok, "{}", r.out);
+    assert!(
+        r.err
+            .contains(&format!("{}: cannot read policies", policies.display())),
+        "{}",
+        r.err
+    );
+}

@@ -88,7 +88,10 @@ enum Command {
     /// git credential helper: `git config --global credential.https://git.example.com.helper
     /// "gatehouse git-credential"`.
     GitCredential {
-        /// get, store or erase (git passes it).
+        /// get, store or erase (git passes it): get prints the stored access token,
+        /// refreshed first when it is about to expire; erase forgets the stored access token
+        /// when git reports it refused (the refresh token is kept); store does nothing (the
+        /// tokens come from `gatehouse login`).
         operation: String,
         /// Trust only this CA when refreshing tokens.
         #[arg(long)]

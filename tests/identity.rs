@@ -2016,6 +2016,45 @@ impl GitStack {
         cmd
     }
 
+    /// `gatehouse git-credential <operation>` with `input` on stdin: (success, stdout, stderr).
+    fn credential(&self, operation: &str, input: &str) -> (bool, String, String) {
+        use std::io::Write;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        cmd.args(["git-credential", operation])
+            .env("XDG_CONFIG_HOME", self.home.path())
+            .env("HOME", self.home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.ca.apply_env(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn gatehouse git-credential");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gatehouse git-credential {operation} did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// git's description of this gateway (`git help credential`), plus `extra` lines.
+    fn describe(&self, extra: &str) -> String {
+        format!(
+            "protocol=https\nhost=localhost:{}\n{extra}\n",
+            self.gw.port()
+        )
+    }
+
     /// `gatehouse login` for this gateway, completed in the browser as `user`.
     fn login(&self, user: &str) {
         let bin = env!("CARGO_BIN_EXE_gatehouse");
@@ -2268,4 +2307,101 @@ async fn the_credential_helper_refreshes_an_expired_token_and_git_fetch_keeps_wo
             == Some(expected.as_str())),
         "the git server saw other credentials"
     );
+}
+
+/// `erase` (git found the password refused) forgets exactly the stored access token it is
+/// given; `store` changes nothing (the tokens come from `gatehouse login`), and its help says
+/// so. Through the binary, against a real login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_credential_erase_forgets_the_token_and_store_changes_nothing() {
+    let s = git_stack(&[], "").await;
+    tokio::task::block_in_place(|| s.login("alice"));
+    let stored_text = || std::fs::read(s.stored_path()).expect("stored credentials");
+    let (ok, out, err) = s.credential("get", &s.describe(""));
+    assert!(ok, "get failed: {err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password="))
+        .unwrap_or_else(|| panic!("get printed no password: {out}"))
+        .to_string();
+    assert!(out.lines().any(|l| l == "username=gatehouse"), "{out}");
+    assert_eq!(s.stored()["access_token"].as_str(), Some(token.as_str()));
+    let original = stored_text();
+
+    // store: nothing is written, whatever git hands over.
+    for password in [token.as_str(), "something-else"] {
+        let (ok, _, err) = s.credential(
+            "store",
+            &s.describe(&format!("username=gatehouse\npassword={password}")),
+        );
+        assert!(ok, "store failed: {err}");
+        assert_eq!(
+            stored_text(),
+            original,
+            "store changed the stored credentials"
+        );
+    }
+    // erase of a password that is not the stored token, or for another gateway: kept.
+    let (ok, _, err) = s.credential(
+        "erase",
+        &s.describe("username=gatehouse\npassword=not-the-token"),
+    );
+    assert!(ok, "erase failed: {err}");
+    let other = format!(
+        "protocol=https\nhost=localhost:{}\nusername=gatehouse\npassword={token}\n\n",
+        s.gw.port().wrapping_add(1)
+    );
+    let (ok, _, err) = s.credential("erase", &other);
+    assert!(ok, "erase failed: {err}");
+    assert_eq!(
+        stored_text(),
+        original,
+        "an unrelated erase changed the store"
+    );
+
+    // erase of the stored token: it is gone from the file, which stays 0600.
+    let (ok, _, err) = s.credential(
+        "erase",
+        &s.describe(&format!("username=gatehouse\npassword={token}")),
+    );
+    assert!(ok, "erase failed: {err}");
+    let text = String::from_utf8(stored_text()).expect("utf-8");
+    assert!(!text.contains(&token), "the erased token is still stored");
+    assert!(s.stored()["access_token"].is_null(), "{}", s.stored());
+    assert_eq!(s.stored_mode(), 0o600);
+
+    // The next get does not hand out the erased token: it asks the provider for a new one
+    // with the refresh token, and that one works through the gateway.
+    let (ok, out, err) = s.credential("get", &s.describe(""));
+    assert!(ok, "get after erase failed: {err}");
+    let fresh = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password="))
+        .unwrap_or_else(|| panic!("get printed no password: {out}"));
+    assert_ne!(fresh, token, "the erased token came back");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("gatehouse:{fresh}"));
+    s.server.create_repo("platform/app.git");
+    let r = exchange(
+        s.gw.https,
+        &s.ca.ca(),
+        "localhost",
+        get_with(
+            "/platform/app.git/info/refs?service=git-upload-pack",
+            &format!("localhost:{}", s.gw.port()),
+            &format!("Authorization: Basic {basic}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+
+    // The help names what each operation does.
+    let (ok, help, err) = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(["git-credential", "--help"]),
+        20,
+    );
+    assert!(ok, "{err}");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("store does nothing"), "{help}");
+    assert!(help.contains("erase forgets"), "{help}");
 }

@@ -2405,3 +2405,95 @@ async fn git_credential_erase_forgets_the_token_and_store_changes_nothing() {
     assert!(help.contains("store does nothing"), "{help}");
     assert!(help.contains("erase forgets"), "{help}");
 }
+
+/// A provider that keeps `groups` out of its ID tokens (many do, giving them only at the
+/// userinfo endpoint): with `groups_source = "userinfo"` the gateway reads them there, and a
+/// policy rule on that group lets the browser session in. The same sign-in through a gateway
+/// reading groups from the ID token finds none and is refused, as is a person outside the
+/// group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_from_the_userinfo_endpoint_satisfy_a_group_rule() {
+    const SRE_ONLY: &str = "roles:\n  sre: { groups: [sre] }\nrules:\n  - id: sre-gogs\n    route: gogs\n    roles: [sre]\n";
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| {
+        OidcProvider::start_with_env(&ca, &[("OIDC_ID_TOKEN_GROUPS", "omit")])
+    });
+    let secrets = Secrets::new(&provider, SRE_ONLY);
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let gateway = |identity: &str| {
+        GatewayBuilder::new()
+            .toml(identity)
+            .route_with("gogs", "gogs", &[HOST], &up.url(), &secrets.gogs_extra())
+            .start(&ca)
+    };
+    let id_token_identity = secrets.identity(&provider, "", &[AUDIENCE]);
+    let userinfo_identity = id_token_identity.replace(
+        "prompt = \"consent\"\n",
+        "prompt = \"consent\"\ngroups_source = \"userinfo\"\n",
+    );
+    assert_ne!(userinfo_identity, id_token_identity);
+    let userinfo_gw = gateway(&userinfo_identity);
+    let id_token_gw = gateway(&id_token_identity);
+    let sign_in = |gw: &TestGateway, user: &str| {
+        tokio::task::block_in_place(|| provider.browser_login(&gw.url("/"), user, PASSWORD))
+    };
+    let userinfo_requests = |log: &str| log.lines().filter(|l| l.contains(" GET /me ")).count();
+
+    // bob is in sre, which only userinfo says.
+    let bob = sign_in(&userinfo_gw, "bob");
+    assert_eq!(
+        bob.status,
+        Some(200),
+        "{}: {}\n{}",
+        bob.final_url,
+        bob.body,
+        userinfo_gw.log()
+    );
+    let seen = up.requests();
+    let page = seen
+        .iter()
+        .find(|r| r.target == "/")
+        .unwrap_or_else(|| panic!("the page did not reach Gogs: {seen:?}"));
+    assert_eq!(page.header("x-webauth-user"), Some("bob"));
+    // The identity the gateway vouches for carries the groups userinfo gave.
+    let assertion = page
+        .header("x-gatehouse-identity")
+        .expect("no identity assertion");
+    let claims = support::oidc::decode_jwt(assertion)
+        .expect("assertion")
+        .payload;
+    let groups = claims["groups"].as_str_vec().unwrap_or_default();
+    assert!(groups.contains(&"sre"), "{claims:?}");
+    assert!(
+        userinfo_requests(&provider.log()) >= 1,
+        "the gateway never asked userinfo:\n{}",
+        provider.log()
+    );
+    let rules: Vec<Option<String>> = userinfo_gw
+        .audit_records()
+        .into_iter()
+        .filter_map(|r| r.decision)
+        // Decisions of the policy (sign-in endpoints are allowed without it).
+        .filter(|d| d.effect == "allow" && d.policy.is_some())
+        .map(|d| d.rule)
+        .collect();
+    assert!(
+        !rules.is_empty() && rules.iter().all(|r| r.as_deref() == Some("sre-gogs")),
+        "not allowed by the group rule: {rules:?}"
+    );
+    let reached = seen.len();
+
+    // The same person through a gateway reading groups from the ID token: no groups, refused.
+    let bob = sign_in(&id_token_gw, "bob");
+    assert_eq!(bob.status, Some(403), "{}: {}", bob.final_url, bob.body);
+    // alice is not in sre: userinfo does not make her so.
+    let alice = sign_in(&userinfo_gw, "alice");
+    assert_eq!(
+        alice.status,
+        Some(403),
+        "{}: {}",
+        alice.final_url,
+        alice.body
+    );
+    assert_eq!(up.requests().len(), reached, "a refused page reached Gogs");
+}

@@ -10,6 +10,9 @@
 //   OIDC_ACCESS_TOKEN_TTL   seconds (default 600), for every access token kind
 //   OIDC_ID_TOKEN_ALG       ID token alg of every client (default RS256; ES256 or EdDSA also work)
 //   OIDC_ACCESS_TOKEN_ALG   JWT access token alg for resource `urn:gatehouse` (default RS256)
+//   OIDC_ID_TOKEN_GROUPS    `include` (default) or `omit`: with `omit`, ID tokens never carry
+//                           `groups` (the userinfo endpoint and JWT access tokens still do), as
+//                           with providers that keep groups out of ID tokens
 //
 // Resource servers (RFC 8707 resource indicators; JWT access tokens per RFC 9068, typ at+jwt):
 //   urn:gatehouse             aud "gatehouse", alg OIDC_ACCESS_TOKEN_ALG. The default resource of
@@ -57,6 +60,11 @@ const ID_TOKEN_TTL = envSeconds('OIDC_ID_TOKEN_TTL', 3600);
 const ACCESS_TOKEN_TTL = envSeconds('OIDC_ACCESS_TOKEN_TTL', 600);
 const ID_TOKEN_ALG = env('OIDC_ID_TOKEN_ALG', 'RS256');
 const ACCESS_TOKEN_ALG = env('OIDC_ACCESS_TOKEN_ALG', 'RS256');
+const ID_TOKEN_GROUPS = env('OIDC_ID_TOKEN_GROUPS', 'include');
+if (!['include', 'omit'].includes(ID_TOKEN_GROUPS)) {
+  console.error('provider.mjs: OIDC_ID_TOKEN_GROUPS must be include or omit');
+  process.exit(2);
+}
 const SIGNING_ALGS = ['RS256', 'ES256', 'EdDSA'];
 for (const [name, alg] of [['OIDC_ID_TOKEN_ALG', ID_TOKEN_ALG], ['OIDC_ACCESS_TOKEN_ALG', ACCESS_TOKEN_ALG]]) {
   if (!SIGNING_ALGS.includes(alg)) {
@@ -105,9 +113,12 @@ function account(id) {
   if (!user) return undefined;
   return {
     accountId: id,
-    // The provider filters these by granted scope/claims (see `claims` below).
-    async claims() {
-      return { sub: id, ...structuredClone(user) };
+    // The provider filters these by granted scope/claims (see `claims` below). `use` is
+    // "id_token" or "userinfo".
+    async claims(use) {
+      const claims = { sub: id, ...structuredClone(user) };
+      if (use === 'id_token' && ID_TOKEN_GROUPS === 'omit') delete claims.groups;
+      return claims;
     },
   };
 }

@@ -143,7 +143,8 @@ impl OidcProvider {
 
     /// Starts the provider with extra environment, e.g. `("OIDC_ACCESS_TOKEN_TTL", "2")`,
     /// `("OIDC_ID_TOKEN_TTL", "5")`, `("OIDC_ID_TOKEN_ALG", "ES256")`,
-    /// `("OIDC_ACCESS_TOKEN_ALG", "EdDSA")`.
+    /// `("OIDC_ACCESS_TOKEN_ALG", "EdDSA")`, `("OIDC_ID_TOKEN_GROUPS", "omit")` (groups only
+    /// at userinfo and in access tokens).
     pub fn start_with_env(ca: &DevCa, env: &[(&str, &str)]) -> OidcProvider {
         ensure_node_deps();
         let dir = tempfile::tempdir().expect("tempdir");

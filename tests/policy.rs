@@ -39,6 +39,12 @@ rules:
     route: gogs
     roles: [developer]
     gogs: { requests: [web] }
+  - id: no-admin
+    description: site administration is closed
+    route: gogs
+    effect: deny
+    roles: ["*"]
+    paths: ["/admin/**"]
   - id: ci-traces
     route: lightstep
     roles: [ci]
@@ -313,6 +319,47 @@ async fn a_refused_page_is_readable_and_never_reaches_gogs() {
         1,
         "a refused page reached Gogs"
     );
+
+    // A request refused by a named deny rule, from a client that is not a browser: plain
+    // text naming the rule, the reason and the request id.
+    let admin = format!(
+        "GET /admin/users HTTP/1.1\r\nHost: {hp}\r\nAuthorization: Bearer {alice}\r\nUser-Agent: curl/8.5\r\nConnection: close\r\n\r\n"
+    );
+    let r = exchange(s.gw.https, &s.ca.ca(), HOST, admin.as_bytes()).await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{}",
+        r.text
+    );
+    let (_, body) = r.text.split_once("\r\n\r\n").expect("a body");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("403 Forbidden: denied by policy no-admin: site administration is closed"),
+        "{body}"
+    );
+    assert!(lines.contains(&"rule: no-admin"), "{body}");
+    let id = r.header("x-request-id").expect("x-request-id");
+    assert!(
+        lines.contains(&format!("request id: {id}").as_str()),
+        "{body}"
+    );
+    assert!(
+        !s.server
+            .requests()
+            .iter()
+            .any(|(t, _)| t.starts_with("/admin")),
+        "a refused request reached Gogs"
+    );
+    // Refused because nothing allows it: the line says so instead of naming a rule.
+    let plain = format!(
+        "GET /platform/app HTTP/1.1\r\nHost: {hp}\r\nAuthorization: Bearer {carol}\r\nUser-Agent: curl/8.5\r\nConnection: close\r\n\r\n"
+    );
+    let r = exchange(s.gw.https, &s.ca.ca(), HOST, plain.as_bytes()).await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+    assert!(r.text.contains("\nrule: default deny\n"), "{}", r.text);
 }
 
 /// A minimal OTLP/HTTP protobuf export: one resource per service name, no spans.

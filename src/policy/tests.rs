@@ -442,6 +442,50 @@ fn roles_come_from_clients_subjects_and_verified_email() {
     );
 }
 
+#[test]
+fn an_exact_email_grants_its_role_only_when_verified() {
+    let p = policy();
+    let roles = |email: &str, verified: bool| {
+        let s = Subject {
+            sub: "x".into(),
+            email: Some(email.into()),
+            email_verified: verified,
+            ..Default::default()
+        };
+        evaluate::caller_roles(&p, SubjectRef::from(&s))
+    };
+    // `owner: { subjects: [root-sub], emails: [boss@example.com] }`: exact and
+    // case-insensitive.
+    assert_eq!(roles("boss@example.com", true), ["owner"]);
+    assert_eq!(roles("Boss@EXAMPLE.com", true), ["owner"]);
+    assert!(roles("boss@example.com", false).is_empty(), "unverified");
+    for other in [
+        "other@example.com",
+        "boss@example.com.evil.test",
+        "xboss@example.com",
+        "boss@sub.example.com",
+    ] {
+        assert!(roles(other, true).is_empty(), "{other}");
+    }
+
+    // The role decides: owner is exempt from no-admin, so the verified address reaches the
+    // admin pages the same caller is denied without it.
+    let admin = gogs("GET", "/admin/users", GogsAction::Web, None, &[]);
+    let caller = |verified: bool| Subject {
+        sub: "x".into(),
+        groups: vec!["sre".into()],
+        email: Some("boss@example.com".into()),
+        email_verified: verified,
+        ..Default::default()
+    };
+    let d = evaluate(&p, Some((&caller(true)).into()), &admin);
+    assert!(d.allowed, "{:?}", d.reasons);
+    assert_eq!(d.rule.as_deref(), Some("browse"));
+    let d = evaluate(&p, Some((&caller(false)).into()), &admin);
+    assert!(!d.allowed);
+    assert_eq!(d.rule.as_deref(), Some("no-admin"));
+}
+
 fn problems(text: &str) -> Vec<String> {
     let loaded = match parse_file(Path::new("p.yaml"), text) {
         Ok(l) => l,

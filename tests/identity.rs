@@ -2497,3 +2497,139 @@ async fn groups_from_the_userinfo_endpoint_satisfy_a_group_rule() {
     );
     assert_eq!(up.requests().len(), reached, "a refused page reached Gogs");
 }
+
+/// Two Gogs service credentials, one for the CI client and one for the engineering group:
+/// a CI client token and a person's `gatehouse login` token each make the gateway present
+/// its own credential for them (first match wins), and someone matching neither gets none,
+/// never their own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_picks_the_gogs_credential_by_client_and_by_group() {
+    const CI_GOGS_TOKEN: &str = "gogs-ci-token-71d2";
+    const ENG_GOGS_TOKEN: &str = "gogs-eng-token-c40b";
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(
+        &provider,
+        "rules:\n  - id: anyone-gogs\n    route: gogs\n    roles: [\"*\"]\n",
+    );
+    for (name, token) in [("ci-token", CI_GOGS_TOKEN), ("eng-token", ENG_GOGS_TOKEN)] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = secrets.dir.path().join(name);
+        std::fs::write(&path, token).expect("write token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod token");
+    }
+    let gogs = format!(
+        "[routes.gogs]\n\
+         [[routes.gogs.credentials]]\nusername = \"ci-bot\"\ntoken_file = {ci:?}\nclients = [{CI_CLIENT:?}]\n\
+         [[routes.gogs.credentials]]\nusername = \"eng-bot\"\ntoken_file = {eng:?}\ngroups = [\"engineering\"]\n",
+        ci = secrets.path("ci-token"),
+        eng = secrets.path("eng-token"),
+    );
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, "", &[AUDIENCE]))
+        .route_with("gogs", "gogs", &[HOST], &up.url(), &gogs)
+        .start(&ca);
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    let hp = format!("{HOST}:{}", gw.port());
+    // One request with `authorization` carrying `token`; the Authorization Gogs received
+    // (checking the caller's token reached Gogs in no header).
+    let forwarded = |path: &'static str, authorization: String, token: String| {
+        let (ca, up, hp) = (ca.ca(), &up, hp.clone());
+        let https = gw.https;
+        async move {
+            up.clear();
+            let r = exchange(
+                https,
+                &ca,
+                HOST,
+                get_with(path, &hp, &format!("Authorization: {authorization}\r\n")).as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status(), Some(200), "{path}: {}", r.text);
+            let seen = up.requests();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(seen[0].header_count("authorization") <= 1, "{seen:?}");
+            assert!(
+                seen[0]
+                    .headers
+                    .values()
+                    .all(|v| !String::from_utf8_lossy(v.as_bytes()).contains(&token)),
+                "the caller's token reached Gogs: {seen:?}"
+            );
+            seen[0].header("authorization").map(str::to_string)
+        }
+    };
+
+    // A CI pipeline's client-credentials token, on the API and on git.
+    let ci = tokio::task::block_in_place(|| {
+        provider.client_credentials_token(CI_CLIENT, &provider.ci_secret, &[])
+    });
+    for path in [
+        "/api/v1/repos/platform/app",
+        "/platform/app.git/info/refs?service=git-upload-pack",
+    ] {
+        assert_eq!(
+            forwarded(path, format!("Bearer {ci}"), ci.clone()).await,
+            Some(basic("ci-bot", CI_GOGS_TOKEN)),
+            "{path}"
+        );
+    }
+
+    // People's tokens from the device grant (what `gatehouse login` stores).
+    let person = |user: &str| {
+        tokio::task::block_in_place(|| {
+            let grant = provider.device_authorize(support::oidc::CLI_CLIENT);
+            provider
+                .device_complete(&grant, user, PASSWORD)
+                .expect("device login");
+            provider.device_token(&grant).access_token
+        })
+    };
+    let alice = person("alice");
+    let claims = support::oidc::decode_jwt(&alice).expect("JWT").payload;
+    assert_eq!(claims["groups"].as_str_vec(), Some(vec!["engineering"]));
+    assert_eq!(claims["client_id"].as_str(), Some("gatehouse-cli"));
+    // As git sends it (Basic, token as password) and as a bearer on the API.
+    assert_eq!(
+        forwarded(
+            "/platform/app.git/info/refs?service=git-upload-pack",
+            basic("alice", &alice),
+            alice.clone()
+        )
+        .await,
+        Some(basic("eng-bot", ENG_GOGS_TOKEN))
+    );
+    assert_eq!(
+        forwarded(
+            "/api/v1/repos/platform/app",
+            format!("Bearer {alice}"),
+            alice.clone()
+        )
+        .await,
+        Some(basic("eng-bot", ENG_GOGS_TOKEN))
+    );
+
+    // carol is in neither: no service credential, and not her own token either.
+    let carol = person("carol");
+    assert_eq!(
+        forwarded(
+            "/api/v1/repos/platform/app",
+            format!("Bearer {carol}"),
+            carol.clone()
+        )
+        .await,
+        None
+    );
+    let log = gw.log();
+    assert!(
+        !log.contains(CI_GOGS_TOKEN) && !log.contains(ENG_GOGS_TOKEN),
+        "a Gogs token was logged"
+    );
+}

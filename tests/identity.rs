@@ -2633,3 +2633,107 @@ async fn the_broker_picks_the_gogs_credential_by_client_and_by_group() {
         "a Gogs token was logged"
     );
 }
+
+/// The provider goes away: every background JWKS fetch fails and is counted as
+/// `gatehouse_jwks_refresh_total{result="error"}`, while the cached keys keep verifying
+/// tokens (also ones the gateway never saw). When the provider is back (same issuer, same
+/// keys), fetches succeed again and its new tokens verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_refresh_errors_are_counted_while_the_provider_is_down_and_it_recovers() {
+    let ca = DevCa::new();
+    let mut provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, ALLOW_ALL);
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let gw = GatewayBuilder::new()
+        .toml(&format!(
+            "[identity]\njwks_refresh = \"1s\"\n{}",
+            secrets.identity(&provider, "", &[AUDIENCE])
+        ))
+        .route_with("gogs", "gogs", &[HOST], &up.url(), &secrets.gogs_extra())
+        .route_with(
+            "lightstep",
+            "otlp",
+            &["otlp.example.test"],
+            &up.url(),
+            &secrets.otlp_extra(),
+        )
+        .start(&ca);
+    let sample = |result: &str| {
+        format!(
+            "gatehouse_jwks_refresh_total{{issuer=\"{}\",result=\"{result}\"}}",
+            provider.issuer
+        )
+    };
+    let (ok_sample, error_sample) = (sample("success"), sample("error"));
+    let ci = |p: &OidcProvider| p.client_credentials_token(CI_CLIENT, &p.ci_secret, &[]);
+    let port = gw.port();
+    let post = |token: String| {
+        let ca = ca.ca();
+        let https = gw.https;
+        async move {
+            let r = exchange(
+                https,
+                &ca,
+                "otlp.example.test",
+                format!(
+                    "POST /v1/traces HTTP/1.1\r\nHost: otlp.example.test:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            r.status()
+        }
+    };
+    let first = tokio::task::block_in_place(|| ci(&provider));
+    let unseen = tokio::task::block_in_place(|| ci(&provider));
+    tokio::task::block_in_place(|| {
+        gw.eventually(10, "a successful JWKS fetch", || {
+            gw.metric(&ok_sample) >= 2.0
+        })
+    });
+    assert_eq!(post(first.clone()).await, Some(200), "{}", gw.log());
+    assert_eq!(gw.metric(&error_sample), 0.0);
+
+    // Down: fetches fail, and are counted, one after another.
+    tokio::task::block_in_place(|| provider.stop());
+    tokio::task::block_in_place(|| {
+        gw.eventually(10, "JWKS fetch errors counted", || {
+            gw.metric(&error_sample) >= 2.0
+        })
+    });
+    assert!(
+        gw.log()
+            .contains("JWKS refresh failed; cached keys stay in use"),
+        "{}",
+        gw.log()
+    );
+    // The cached keys keep verifying: a token verified before, and one never seen.
+    assert_eq!(post(first).await, Some(200), "{}", gw.log());
+    assert_eq!(
+        post(unseen).await,
+        Some(200),
+        "a valid token failed with the provider down:\n{}",
+        gw.log()
+    );
+
+    // Back: fetches succeed again and stop failing; the provider's new tokens verify.
+    let ok_while_down = gw.metric(&ok_sample);
+    tokio::task::block_in_place(|| provider.restart());
+    tokio::task::block_in_place(|| {
+        gw.eventually(10, "a JWKS fetch after the provider returned", || {
+            gw.metric(&ok_sample) > ok_while_down
+        })
+    });
+    let errors = gw.metric(&error_sample);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        gw.metric(&error_sample),
+        errors,
+        "fetches kept failing after the provider returned:\n{}",
+        gw.log()
+    );
+    assert!(gw.metric(&ok_sample) > ok_while_down + 1.0);
+    let after = tokio::task::block_in_place(|| ci(&provider));
+    assert_eq!(post(after).await, Some(200), "{}", gw.log());
+    assert_eq!(up.requests().len(), 4, "{:?}", up.requests());
+}

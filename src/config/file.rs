@@ -125,6 +125,7 @@ pub struct FilePolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdentity {
+    pub jwks_refresh: Option<Spanned<String>>,
     pub oidc: Option<FileOidc>,
     pub session: Option<FileSession>,
     #[serde(default)]

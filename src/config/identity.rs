@@ -22,6 +22,9 @@ pub struct IdentityConfig {
     pub jwt: Vec<JwtIssuerConfig>,
     /// The gateway's own signed identity assertion toward upstreams.
     pub assertion: Option<AssertionConfig>,
+    /// How often the JWT issuers' keys are fetched again in the background (and retried,
+    /// at most every minute, after a failed fetch).
+    pub jwks_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +145,8 @@ pub mod defaults {
     pub const LEEWAY: Duration = Duration::from_secs(30);
     pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
     pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+    pub const JWKS_REFRESH: Duration = Duration::from_secs(600);
+    pub const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
     pub const USER_HEADER: &str = "x-webauth-user";
 }
 
@@ -220,9 +225,23 @@ impl Validator<'_> {
 
     pub(super) fn identity(&mut self, file: Option<&FileIdentity>) -> IdentityConfig {
         let Some(file) = file else {
-            return IdentityConfig::default();
+            return IdentityConfig {
+                jwks_refresh: defaults::JWKS_REFRESH,
+                ..IdentityConfig::default()
+            };
         };
+        let jwks_refresh = self.duration(
+            &file.jwks_refresh,
+            "identity.jwks_refresh",
+            defaults::JWKS_REFRESH,
+        );
+        if jwks_refresh < defaults::MIN_JWKS_REFRESH
+            && let Some(j) = &file.jwks_refresh
+        {
+            self.report(j, "identity.jwks_refresh", "must be at least 1s");
+        }
         IdentityConfig {
+            jwks_refresh: jwks_refresh.max(defaults::MIN_JWKS_REFRESH),
             oidc: file.oidc.as_ref().map(|o| self.oidc(o)),
             session: file.session.as_ref().map(|s| SessionConfig {
                 keys: self

@@ -213,6 +213,22 @@ fn routes_are_closed_unless_identity_or_public_says_otherwise() {
 }
 
 #[test]
+fn the_jwks_refresh_period_defaults_to_ten_minutes_and_is_at_least_a_second() {
+    let c = parse(&with_identity("", IDENTITY)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.identity.jwks_refresh, Duration::from_secs(600));
+    let identity = format!("[identity]\njwks_refresh = \"2s\"\n{IDENTITY}");
+    let c = parse(&with_identity("", &identity)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.identity.jwks_refresh, Duration::from_secs(2));
+    let identity = format!("[identity]\njwks_refresh = \"500ms\"\n{IDENTITY}");
+    let p = problems(&with_identity("", &identity));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("identity.jwks_refresh: must be at least 1s")),
+        "{p:#?}"
+    );
+}
+
+#[test]
 fn shared_secret_algorithms_and_long_leeway_are_refused() {
     let identity = IDENTITY.replace("audiences = [\"gatehouse\"]", "audiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"HS256\", \"none\"]\nleeway = \"5m\"");
     let p = problems(&with_identity("", &identity));

@@ -19,8 +19,6 @@ use crate::config::JwtIssuerConfig;
 
 /// Minimum gap between two fetches triggered by unknown keys.
 pub const MIN_REFETCH: Duration = Duration::from_secs(60);
-/// Background refresh period.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -123,17 +121,22 @@ impl JwtIssuer {
         issuer
     }
 
-    /// Keeps the keys fresh for as long as this issuer is in use.
-    pub fn spawn_refresher(self: &Arc<Self>) {
+    /// Keeps the keys fresh for as long as this issuer is in use: fetches every `every`
+    /// (at least a second); after a failure, again within a minute (5 s while no keys are
+    /// held at all).
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) {
+        let every = every.max(Duration::from_secs(1));
         let weak: Weak<JwtIssuer> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(issuer) = weak.upgrade() else { return };
                 let delay = match issuer.fetch().await {
-                    Ok(()) => REFRESH_EVERY,
+                    Ok(()) => every,
                     // Retry sooner while no keys are held at all.
-                    Err(_) if issuer.keys.load().keys.is_empty() => Duration::from_secs(5),
-                    Err(_) => MIN_REFETCH,
+                    Err(_) if issuer.keys.load().keys.is_empty() => {
+                        Duration::from_secs(5).min(every)
+                    }
+                    Err(_) => MIN_REFETCH.min(every),
                 };
                 drop(issuer);
                 tokio::time::sleep(delay).await;

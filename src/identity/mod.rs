@@ -107,6 +107,8 @@ pub struct Authenticator {
     pub bearer: Option<Arc<BearerVerifier>>,
     pub assertion: Option<Arc<Assertion>>,
     pub metrics: Arc<IdentityMetrics>,
+    /// Background JWKS refresh period (`identity.jwks_refresh`).
+    pub jwks_refresh: std::time::Duration,
 }
 
 /// What authentication decided.
@@ -177,6 +179,7 @@ impl Authenticator {
             bearer,
             assertion,
             metrics,
+            jwks_refresh: config.jwks_refresh,
         })
     }
 
@@ -184,7 +187,7 @@ impl Authenticator {
     pub fn start(&self) {
         if let Some(b) = &self.bearer {
             for issuer in b.issuers() {
-                issuer.spawn_refresher();
+                issuer.spawn_refresher(self.jwks_refresh);
             }
         }
         if let Some(o) = &self.oidc {

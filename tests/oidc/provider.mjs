@@ -10,6 +10,10 @@
 //   OIDC_ACCESS_TOKEN_TTL   seconds (default 600), for every access token kind
 //   OIDC_ID_TOKEN_ALG       ID token alg of every client (default RS256; ES256 or EdDSA also work)
 //   OIDC_ACCESS_TOKEN_ALG   JWT access token alg for resource `urn:gatehouse` (default RS256)
+//   OIDC_PORT               port to listen on (default 0: any free port)
+//   OIDC_KEYS_FILE          signing keys (private JWKS): used when the file exists, else
+//                           generated and written there (0600), so a restarted provider on the
+//                           same OIDC_PORT is the same issuer with the same keys
 //   OIDC_ID_TOKEN_GROUPS    `include` (default) or `omit`: with `omit`, ID tokens never carry
 //                           `groups` (the userinfo endpoint and JWT access tokens still do), as
 //                           with providers that keep groups out of ID tokens
@@ -60,6 +64,12 @@ const ID_TOKEN_TTL = envSeconds('OIDC_ID_TOKEN_TTL', 3600);
 const ACCESS_TOKEN_TTL = envSeconds('OIDC_ACCESS_TOKEN_TTL', 600);
 const ID_TOKEN_ALG = env('OIDC_ID_TOKEN_ALG', 'RS256');
 const ACCESS_TOKEN_ALG = env('OIDC_ACCESS_TOKEN_ALG', 'RS256');
+const PORT = Number.parseInt(env('OIDC_PORT', '0'), 10);
+if (!Number.isSafeInteger(PORT) || PORT < 0 || PORT > 65535) {
+  console.error('provider.mjs: OIDC_PORT must be a port number');
+  process.exit(2);
+}
+const KEYS_FILE = env('OIDC_KEYS_FILE', '');
 const ID_TOKEN_GROUPS = env('OIDC_ID_TOKEN_GROUPS', 'include');
 if (!['include', 'omit'].includes(ID_TOKEN_GROUPS)) {
   console.error('provider.mjs: OIDC_ID_TOKEN_GROUPS must be include or omit');
@@ -147,14 +157,24 @@ function generate(type, options, kid, alg) {
   const jwk = crypto.createPrivateKey(privateKey).export({ format: 'jwk' });
   return { ...jwk, kid, alg, use: 'sig' };
 }
-const JWKS = {
-  keys: [
-    generate('rsa', { modulusLength: 2048 }, 'rs-1', 'RS256'),
-    generate('ec', { namedCurve: 'P-256' }, 'es-1', 'ES256'),
-    generate('ed25519', {}, 'ed-1', 'EdDSA'),
-  ],
-};
-console.log(`generated signing keys rs-1, es-1, ed-1 in ${Date.now() - keygenStarted} ms`);
+function signingKeys() {
+  if (KEYS_FILE && fs.existsSync(KEYS_FILE)) {
+    const jwks = JSON.parse(fs.readFileSync(KEYS_FILE, 'utf8'));
+    console.log(`loaded signing keys ${jwks.keys.map((k) => k.kid).join(', ')} from ${KEYS_FILE}`);
+    return jwks;
+  }
+  const jwks = {
+    keys: [
+      generate('rsa', { modulusLength: 2048 }, 'rs-1', 'RS256'),
+      generate('ec', { namedCurve: 'P-256' }, 'es-1', 'ES256'),
+      generate('ed25519', {}, 'ed-1', 'EdDSA'),
+    ],
+  };
+  console.log(`generated signing keys rs-1, es-1, ed-1 in ${Date.now() - keygenStarted} ms`);
+  if (KEYS_FILE) fs.writeFileSync(KEYS_FILE, JSON.stringify(jwks), { mode: 0o600 });
+  return jwks;
+}
+const JWKS = signingKeys();
 
 // ---------------------------------------------------------------------------------------------
 // Redirect URIs on any port.
@@ -290,7 +310,7 @@ async function main() {
   const server = https.createServer({ cert: TLS_CERT, key: TLS_KEY }, (req, res) => handler(req, res));
   await new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
+    server.listen(PORT, '127.0.0.1', resolve);
   });
   const { port } = server.address();
   const issuer = `https://127.0.0.1:${port}`;

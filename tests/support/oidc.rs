@@ -107,6 +107,10 @@ fn node_deps_present() -> bool {
     })
 }
 
+fn path_text(p: &Path) -> String {
+    p.display().to_string()
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
@@ -133,6 +137,9 @@ pub struct OidcProvider {
     pub ca_file: PathBuf,
     pub server_cert: PathBuf,
     discovery: std::sync::OnceLock<Json>,
+    /// The environment it was started with (for [`Self::restart`]).
+    env: Vec<(String, String)>,
+    ca_env: Vec<(String, PathBuf)>,
 }
 
 impl OidcProvider {
@@ -154,31 +161,34 @@ impl OidcProvider {
         std::fs::copy(ca.ca(), &ca_file).expect("copy ca");
         std::fs::copy(ca.cert(), &server_cert).expect("copy cert");
         std::fs::copy(ca.key(), &server_key).expect("copy key");
-        let addr_file = dir.path().join("issuer");
         let log_path = dir.path().join("provider.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
         let web_secret = format!("web-{}", random_hex(16));
         let ci_secret = format!("ci-{}", random_hex(16));
-
-        let mut cmd = Command::new("node");
-        cmd.arg(oidc_dir().join("provider.mjs"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("OIDC_ADDR_FILE", &addr_file)
-            .env("OIDC_TLS_CERT", &server_cert)
-            .env("OIDC_TLS_KEY", &server_key)
-            .env("OIDC_WEB_CLIENT_SECRET", &web_secret)
-            .env("OIDC_CI_CLIENT_SECRET", &ci_secret)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        ca.apply_env(&mut cmd);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn node tests/oidc/provider.mjs");
-        let mut provider = OidcProvider {
+        let mut all: Vec<(String, String)> = vec![
+            (
+                "OIDC_ADDR_FILE".into(),
+                path_text(&dir.path().join("issuer")),
+            ),
+            ("OIDC_TLS_CERT".into(), path_text(&server_cert)),
+            ("OIDC_TLS_KEY".into(), path_text(&server_key)),
+            (
+                "OIDC_KEYS_FILE".into(),
+                path_text(&dir.path().join("keys.json")),
+            ),
+            ("OIDC_WEB_CLIENT_SECRET".into(), web_secret.clone()),
+            ("OIDC_CI_CLIENT_SECRET".into(), ci_secret.clone()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut probe = Command::new("true");
+        ca.apply_env(&mut probe);
+        let ca_env: Vec<(String, PathBuf)> = probe
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), PathBuf::from(v?))))
+            .collect();
+        let (child, issuer) = Self::spawn(dir.path(), &log_path, &ca_env, &all);
+        OidcProvider {
             child,
-            issuer: String::new(),
+            issuer,
             web_secret,
             ci_secret,
             dir,
@@ -186,7 +196,40 @@ impl OidcProvider {
             ca_file,
             server_cert,
             discovery: std::sync::OnceLock::new(),
-        };
+            env: all,
+            ca_env,
+        }
+    }
+
+    /// Starts the process and waits until it listens (the log is appended to): the child
+    /// and the issuer.
+    fn spawn(
+        dir: &Path,
+        log_path: &Path,
+        ca_env: &[(String, PathBuf)],
+        env: &[(String, String)],
+    ) -> (Child, String) {
+        let addr_file = dir.join("issuer");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        let mut cmd = Command::new("node");
+        cmd.arg(oidc_dir().join("provider.mjs"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in ca_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn node tests/oidc/provider.mjs");
+        let log = || std::fs::read_to_string(log_path).unwrap_or_default();
         // Usually about a second; generous for a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -194,23 +237,42 @@ impl OidcProvider {
             if let Ok(text) = std::fs::read_to_string(&addr_file)
                 && let Some(issuer) = text.lines().find_map(|l| l.strip_prefix("issuer="))
             {
-                provider.issuer = issuer.trim().to_string();
-                break;
+                return (child, issuer.trim().to_string());
             }
-            if let Ok(Some(status)) = provider.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "OIDC provider exited with {status} before listening:\n{}",
-                    provider.log()
+                    log()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "OIDC provider did not start:\n{}",
-                provider.log()
-            );
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("OIDC provider did not start:\n{}", log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        provider
+    }
+
+    /// Starts a stopped provider again: the same issuer (port), keys, clients and secrets.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self
+            .issuer
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .expect("issuer port");
+        let issuer = self.issuer.clone();
+        self.env.retain(|(k, _)| k != "OIDC_PORT");
+        self.env.push(("OIDC_PORT".into(), port));
+        let (child, issuer_now) =
+            Self::spawn(self.dir.path(), &self.log_path, &self.ca_env, &self.env);
+        self.child = child;
+        self.issuer = issuer_now;
+        assert_eq!(
+            self.issuer, issuer,
+            "the restarted provider is another issuer"
+        );
     }
 
     pub fn log(&self) -> String {

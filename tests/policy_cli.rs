@@ -153,9 +153,11 @@ fn policy_test_fails_and_names_the_case_whose_expectation_does_not_hold() {
         summary.ends_with("expected allow by write-code, got deny by protect-main"),
         "{summary}"
     );
+    // Named by file, the line the case starts on, and name.
+    let case_line = text[..start].lines().count() + 1;
     assert!(
         r.out.contains(&format!(
-            "{}: a developer cannot push to main of a platform repository: expected allow by write-code, got deny by protect-main",
+            "  {}:{case_line}: a developer cannot push to main of a platform repository: expected allow by write-code, got deny by protect-main\n",
             cases.display()
         )),
         "the failure does not name its file and case:\n{}",
@@ -310,40 +312,39 @@ fn check_refuses_a_bad_policy_directory_naming_file_line_and_reason() {
     let r = gatehouse(&["check", "--config", config_arg]);
     assert!(r.ok, "{}\n{}", r.out, r.err);
 
-    // Semantic problems: an unknown route, an unknown role, a duplicate id.
+    // Semantic problems, every one at its line and column: a role granted to nobody, an
+    // unknown route (the rest of that rule is still checked), an unknown role, a duplicate id.
     let a = policies.join("a.yaml");
     std::fs::write(
         &a,
-        "roles:\n  dev: { groups: [engineering] }\nrules:\n  - id: browse\n    route: gitea\n    roles: [dev]\n  - id: push\n    route: gogs\n    roles: [devs]\n  - id: browse\n    route: gogs\n    roles: [dev]\n",
+        "roles:\n  dev: { groups: [engineering] }\n  nobody: {}\nrules:\n  - id: browse\n    route: gitea\n    roles: [dev]\n    paths: [admin]\n  - id: push\n    route: gogs\n    roles: [devs]\n  - id: browse\n    route: gogs\n    roles: [dev]\n",
     )
     .unwrap();
     let r = gatehouse(&["check", "--config", config_arg]);
     assert!(!r.ok, "check accepted a bad policy:\n{}", r.out);
     assert_eq!(r.code, Some(1));
     let a = a.display().to_string();
-    for (want_at, want) in [
-        (
-            format!("{a}:4:"),
-            "rules[0] (browse): route \"gitea\" is not configured (routes: gogs, gatehouse)",
+    let mut got: Vec<&str> = r.err.lines().collect();
+    got.sort();
+    let mut want = vec![
+        format!(
+            "{a}:3:3: roles.nobody: grants the role to nobody: list groups, clients, subjects, emails or email_domains"
         ),
-        (
-            format!("{a}:7:"),
-            "rules[1] (push).roles: role \"devs\" is not defined (roles: dev)",
+        format!(
+            "{a}:6:5: rules[0] (browse): route \"gitea\" is not configured (routes: gogs, gatehouse)"
         ),
-        (
-            format!("{a}:10:"),
-            "rules[2] (browse): rule id \"browse\" is already used at",
+        format!(
+            "{a}:8:13: rules[0] (browse).paths: \"admin\" must start with '/' (paths are matched from the root)"
         ),
-    ] {
-        let line = r
-            .err
-            .lines()
-            .find(|l| l.contains(want))
-            .unwrap_or_else(|| panic!("no {want:?} in:\n{}", r.err));
-        assert!(line.contains(&want_at), "{want:?} not at {want_at}: {line}");
-    }
+        format!(
+            "{a}:11:13: rules[1] (push).roles: role \"devs\" is not defined (roles: dev, nobody)"
+        ),
+        format!("{a}:12:5: rules[2] (browse): rule id \"browse\" is already used at {a}:5"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
 
-    // A YAML syntax error and an unknown field, each at its line and column.
+    // An unknown field and a YAML syntax error, each at its line and column.
     std::fs::write(
         policies.join("a.yaml"),
         "rules:\n  - id: a\n    route: gogs\n    rolez: [dev]\n",
@@ -357,16 +358,21 @@ fn check_refuses_a_bad_policy_directory_naming_file_line_and_reason() {
     let r = gatehouse(&["check", "--config", config_arg]);
     assert!(!r.ok, "{}", r.out);
     let unknown = line(&r.err, &a);
-    assert!(unknown.starts_with(&format!("{a}:4:5: ")), "{unknown}");
-    assert!(unknown.contains("unknown field `rolez`"), "{unknown}");
+    assert!(
+        unknown.starts_with(&format!(
+            "{a}:4:5: rules[0]: unknown field `rolez`, expected one of `id`, "
+        )),
+        "{unknown}"
+    );
+    assert!(
+        !unknown.contains(" at line "),
+        "position said twice: {unknown}"
+    );
     let b = policies.join("b.yaml").display().to_string();
-    let syntax = r
-        .err
-        .lines()
-        .find(|l| l.contains(&b))
-        .unwrap_or_else(|| panic!("no problem in b.yaml:\n{}", r.err));
-    assert!(syntax.starts_with(&format!("{b}:")), "{syntax}");
-    assert!(!syntax.starts_with(&format!("{b}:0")), "{syntax}");
+    assert_eq!(
+        line(&r.err, &b),
+        format!("{b}:3:12: rules[0].route: invalid type: sequence, expected a string")
+    );
 
     // A policy directory that is not there.
     std::fs::remove_dir_all(&policies).unwrap();

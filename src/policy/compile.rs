@@ -14,6 +14,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use super::file::{
     EffectDef, GitActionDef, GogsRequestDef, PolicyFile, RoleDef, RuleDef, SignalDef, UpdateDef,
 };
+use super::positions::Positions;
 use super::{Diagnostic, RouteInfo};
 use crate::config::RouteKind;
 
@@ -221,7 +222,8 @@ pub fn method_bit(method: &str) -> u16 {
 pub struct Loaded {
     pub path: PathBuf,
     pub file: PolicyFile,
-    pub lines: Vec<usize>,
+    /// Where each node of the file is.
+    pub positions: Positions,
     /// SHA-256 of the file's text.
     pub text_digest: Vec<u8>,
 }
@@ -291,40 +293,82 @@ struct RouteBuild {
 }
 
 impl Builder {
-    fn report(&mut self, file: &Path, line: usize, key: &str, message: impl Into<String>) {
+    /// A problem at `path` of the file (`rules[2].git.refs[0]`), or at the nearest enclosing
+    /// node the file has.
+    fn report(&mut self, site: &Site<'_>, path: &str, key: &str, message: impl Into<String>) {
+        let (line, column) = site.positions.find(path).unwrap_or((0, 0));
         self.problems.push(Diagnostic {
-            file: file.to_path_buf(),
+            file: site.file.to_path_buf(),
             line,
-            column: 0,
+            column,
             key: key.to_string(),
             message: message.into(),
         });
     }
 }
 
+/// A file and the positions of its nodes, to point problems at.
+struct Site<'a> {
+    file: &'a Path,
+    positions: &'a Positions,
+}
+
+impl<'a> Site<'a> {
+    fn of(l: &'a Loaded) -> Site<'a> {
+        Site {
+            file: &l.path,
+            positions: &l.positions,
+        }
+    }
+
+    /// `file:line` of `path`, for messages that point at another place.
+    fn describe(&self, path: &str) -> String {
+        match self.positions.find(path) {
+            Some((line, _)) => format!("{}:{line}", self.file.display()),
+            None => self.file.display().to_string(),
+        }
+    }
+}
+
 /// Compiles parsed files against the configured routes, collecting every problem: unknown
-/// roles and routes, duplicate ids, bad globs, and rules that can never match.
+/// roles and routes, duplicate ids and keys, bad globs, and rules that can never match. Each
+/// problem names its file, line and column; a rule with one problem is still checked for the
+/// others.
 pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy, Vec<Diagnostic>> {
     let mut b = Builder {
         problems: Vec::new(),
     };
 
-    // Roles, across all files.
-    let mut role_defs: BTreeMap<String, (RoleDef, PathBuf)> = BTreeMap::new();
+    // Keys written twice in one mapping (YAML keeps the last one silently).
     for l in loaded {
+        let site = Site::of(l);
+        for (path, (line, column), (first, _)) in &l.positions.duplicates {
+            b.problems.push(Diagnostic {
+                file: site.file.to_path_buf(),
+                line: *line,
+                column: *column,
+                key: path.clone(),
+                message: format!("is written twice; the first is at line {first}"),
+            });
+        }
+    }
+
+    // Roles, across all files.
+    let mut role_defs: BTreeMap<String, (RoleDef, &Loaded)> = BTreeMap::new();
+    for l in loaded {
+        let site = Site::of(l);
         for (name, def) in &l.file.roles {
-            if name == "*" || name.is_empty() {
-                b.report(
-                    &l.path,
-                    0,
-                    &format!("roles.{name}"),
-                    "is a reserved role name",
-                );
+            let path = format!("roles.{name}");
+            if name == "*" || name.trim().is_empty() {
+                b.report(&site, &path, &path, "is a reserved role name");
                 continue;
             }
             if let Some((_, first)) = role_defs.get(name) {
-                let message = format!("role {name:?} is also defined in {}", first.display());
-                b.report(&l.path, 0, &format!("roles.{name}"), message);
+                let message = format!(
+                    "role {name:?} is also defined at {}",
+                    Site::of(first).describe(&path)
+                );
+                b.report(&site, &path, &path, message);
                 continue;
             }
             if def.groups.is_empty()
@@ -333,16 +377,17 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
                 && def.emails.is_empty()
                 && def.email_domains.is_empty()
             {
-                b.report(&l.path, 0, &format!("roles.{name}"), "grants the role to nobody: list groups, clients, subjects, emails or email_domains");
+                b.report(&site, &path, &path, "grants the role to nobody: list groups, clients, subjects, emails or email_domains");
             }
-            role_defs.insert(name.clone(), (def.clone(), l.path.clone()));
+            role_defs.insert(name.clone(), (def.clone(), l));
         }
     }
-    if role_defs.len() > MAX_ROLES {
+    if let Some((name, (_, l))) = role_defs.iter().nth(MAX_ROLES) {
+        let path = format!("roles.{name}");
         b.report(
-            Path::new("policies"),
-            0,
-            "roles",
+            &Site::of(l),
+            &path,
+            &path,
             format!(
                 "{} roles defined; at most {MAX_ROLES} are supported",
                 role_defs.len()
@@ -379,27 +424,36 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
 
     // Rules, per route, in file order.
     let mut builds: HashMap<String, RouteBuild> = HashMap::new();
-    let mut ids: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
     let mut count = 0;
     for l in loaded {
+        let site = Site::of(l);
         for (n, rule) in l.file.rules.iter().enumerate() {
-            let line = l.lines.get(n).copied().unwrap_or(0);
+            let at = format!("rules[{n}]");
             let key = format!("rules[{n}] ({})", rule.id);
-            if let Some((file, first)) = ids.get(&rule.id) {
-                let message = format!(
-                    "rule id {:?} is already used at {}:{first}",
-                    rule.id,
-                    file.display()
+            // A rule with a problem here is still checked for every other problem.
+            let mut usable = true;
+            if rule.id.trim().is_empty() {
+                b.report(
+                    &site,
+                    &format!("{at}.id"),
+                    &format!("{key}.id"),
+                    "is empty: every rule needs an id",
                 );
-                b.report(&l.path, line, &key, message);
-                continue;
+                usable = false;
+            } else if let Some(first) = ids.get(&rule.id) {
+                let message = format!("rule id {:?} is already used at {first}", rule.id);
+                b.report(&site, &format!("{at}.id"), &key, message);
+                usable = false;
+            } else {
+                ids.insert(rule.id.clone(), site.describe(&format!("{at}.id")));
             }
-            ids.insert(rule.id.clone(), (l.path.clone(), line));
-            let Some(route) = routes.iter().find(|r| r.name == rule.route) else {
+            let route = routes.iter().find(|r| r.name == rule.route);
+            if route.is_none() {
                 let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
                 b.report(
-                    &l.path,
-                    line,
+                    &site,
+                    &format!("{at}.route"),
                     &key,
                     format!(
                         "route {:?} is not configured (routes: {})",
@@ -407,19 +461,28 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
                         known.join(", ")
                     ),
                 );
-                continue;
-            };
-            let build = builds
-                .entry(rule.route.clone())
-                .or_insert_with(|| RouteBuild {
-                    repos: PatternCollector {
-                        case_insensitive: true,
+                usable = false;
+            }
+            let mut scratch = RouteBuild::default();
+            let build = match route {
+                Some(_) => builds
+                    .entry(rule.route.clone())
+                    .or_insert_with(|| RouteBuild {
+                        repos: PatternCollector {
+                            case_insensitive: true,
+                            ..Default::default()
+                        },
                         ..Default::default()
-                    },
-                    ..Default::default()
-                });
-            if let Some(c) =
-                compile_rule(&mut b, &l.path, line, &key, rule, route, &role_ids, build)
+                    }),
+                None => &mut scratch,
+            };
+            let target = Target {
+                site: &site,
+                at: &at,
+                key: &key,
+            };
+            if let Some(c) = compile_rule(&mut b, &target, rule, route, &role_ids, build)
+                && usable
             {
                 build.rules.push(c);
                 count += 1;
@@ -456,14 +519,48 @@ pub fn compile(loaded: &[Loaded], routes: &[RouteInfo]) -> Result<CompiledPolicy
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The rule being compiled: its file, its path in the file (`rules[3]`) and the key problems
+/// are reported under (`rules[3] (protect-main)`).
+struct Target<'a> {
+    site: &'a Site<'a>,
+    at: &'a str,
+    key: &'a str,
+}
+
+impl Target<'_> {
+    /// Reports a problem with `field` (`roles`, `git.refs`), pointing at `item` of it when
+    /// given (`git.refs[1]`).
+    fn report(
+        &self,
+        b: &mut Builder,
+        field: &str,
+        item: Option<usize>,
+        message: impl Into<String>,
+    ) {
+        let key = if field.is_empty() {
+            self.key.to_string()
+        } else {
+            format!("{}.{field}", self.key)
+        };
+        let mut path = if field.is_empty() {
+            self.at.to_string()
+        } else {
+            format!("{}.{field}", self.at)
+        };
+        if let Some(i) = item {
+            path.push_str(&format!("[{i}]"));
+        }
+        b.report(self.site, &path, &key, message);
+    }
+}
+
+/// Checks one rule, reporting every problem; `route` `None` (not configured) skips only the
+/// checks that depend on the route's kind. `None` if anything was reported.
 fn compile_rule(
     b: &mut Builder,
-    file: &Path,
-    line: usize,
-    key: &str,
+    t: &Target<'_>,
     rule: &RuleDef,
-    route: &RouteInfo,
+    route: Option<&RouteInfo>,
     role_ids: &HashMap<String, usize>,
     build: &mut RouteBuild,
 ) -> Option<CompiledRule> {
@@ -475,19 +572,19 @@ fn compile_rule(
     let resolve = |names: &[String], what: &str, b: &mut Builder| -> (Roles, bool) {
         let mut roles = Roles::default();
         let mut any = false;
-        for name in names {
+        for (i, name) in names.iter().enumerate() {
             if name == "*" {
                 any = true;
-            } else if let Some(i) = role_ids.get(name) {
-                roles = roles.with(*i);
+            } else if let Some(id) = role_ids.get(name) {
+                roles = roles.with(*id);
             } else {
                 let mut known: Vec<&String> = role_ids.keys().collect();
                 known.sort();
                 let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-                b.report(
-                    file,
-                    line,
-                    &format!("{key}.{what}"),
+                t.report(
+                    b,
+                    what,
+                    Some(i),
                     format!("role {name:?} is not defined (roles: {})", known.join(", ")),
                 );
             }
@@ -496,22 +593,17 @@ fn compile_rule(
     };
     let roles = match &rule.roles {
         None if effect == Effect::Allow => {
-            b.report(
-                file,
-                line,
-                &format!("{key}.roles"),
-                "an allow rule must name its roles (use [\"*\"] for any authenticated caller)",
+            t.report(
+                b,
+                "",
+                None,
+                "an allow rule must name its roles (add roles: [\"*\"] for any authenticated caller)",
             );
             None
         }
         None => None,
         Some(list) if list.is_empty() => {
-            b.report(
-                file,
-                line,
-                &format!("{key}.roles"),
-                "is empty, so the rule can never match",
-            );
+            t.report(b, "roles", None, "is empty, so the rule can never match");
             None
         }
         Some(list) => {
@@ -521,10 +613,11 @@ fn compile_rule(
     };
     let (unless, unless_any) = resolve(&rule.unless, "unless", b);
     if unless_any {
-        b.report(
-            file,
-            line,
-            &format!("{key}.unless"),
+        let star = rule.unless.iter().position(|n| n == "*");
+        t.report(
+            b,
+            "unless",
+            star,
             "\"*\" here would exempt every caller, so the rule could never match",
         );
     }
@@ -537,10 +630,10 @@ fn compile_rule(
             .zip(unless.0.iter())
             .for_each(|(a, u)| *a &= !u);
         if covered.is_empty() && !r.is_empty() {
-            b.report(
-                file,
-                line,
-                &format!("{key}.unless"),
+            t.report(
+                b,
+                "unless",
+                None,
                 "exempts every role the rule applies to, so the rule can never match",
             );
         }
@@ -548,12 +641,12 @@ fn compile_rule(
 
     let methods = rule.methods.as_ref().map(|list| {
         if list.is_empty() {
-            b.report(file, line, &format!("{key}.methods"), "is empty, so the rule can never match");
+            t.report(b, "methods", None, "is empty, so the rule can never match");
         }
-        list.iter().fold(0u16, |acc, m| {
+        list.iter().enumerate().fold(0u16, |acc, (i, m)| {
             let upper = m.to_ascii_uppercase();
             if !METHODS[..METHODS.len() - 1].contains(&upper.as_str()) {
-                b.report(file, line, &format!("{key}.methods"), format!("{m:?} is not a method the gateway passes (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, PROPFIND)"));
+                t.report(b, "methods", Some(i), format!("{m:?} is not a method the gateway passes (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, PROPFIND)"));
             }
             acc | method_bit(&upper)
         })
@@ -567,33 +660,23 @@ fn compile_rule(
      -> Bits {
         let mut bits = Bits::default();
         if list.is_empty() {
-            b.report(
-                file,
-                line,
-                &format!("{key}.{what}"),
-                "is empty, so the rule can never match",
-            );
+            t.report(b, what, None, "is empty, so the rule can never match");
         }
-        for p in list {
+        for (i, p) in list.iter().enumerate() {
             match glob(p, ci) {
                 Ok(_) => bits.set(collector.add(p)),
-                Err(e) => b.report(
-                    file,
-                    line,
-                    &format!("{key}.{what}"),
-                    format!("{p:?} is not a valid glob: {e}"),
-                ),
+                Err(e) => t.report(b, what, Some(i), format!("{p:?} is not a valid glob: {e}")),
             }
         }
         bits
     };
     let paths = rule.paths.as_ref().map(|list| {
-        for p in list {
+        for (i, p) in list.iter().enumerate() {
             if !p.starts_with('/') && !p.starts_with('*') {
-                b.report(
-                    file,
-                    line,
-                    &format!("{key}.paths"),
+                t.report(
+                    b,
+                    "paths",
+                    Some(i),
                     format!("{p:?} must start with '/' (paths are matched from the root)"),
                 );
             }
@@ -607,13 +690,14 @@ fn compile_rule(
     let mut updates: Option<u8> = None;
     let mut signals: Option<u8> = None;
     let mut services: Option<Bits> = None;
-    let is = |k: RouteKind| route.kind == k;
+    // The kind checks need a configured route; an unknown one was reported already.
+    let not = |k: RouteKind| route.filter(|r| r.kind != k);
     if let Some(g) = &rule.gogs {
-        if !is(RouteKind::Gogs) {
-            b.report(
-                file,
-                line,
-                &format!("{key}.gogs"),
+        if let Some(route) = not(RouteKind::Gogs) {
+            t.report(
+                b,
+                "gogs",
+                None,
                 format!(
                     "route {:?} is of kind {}, so a gogs condition can never match",
                     route.name,
@@ -635,11 +719,11 @@ fn compile_rule(
         }
     }
     if let Some(g) = &rule.git {
-        if !is(RouteKind::Gogs) {
-            b.report(
-                file,
-                line,
-                &format!("{key}.git"),
+        if let Some(route) = not(RouteKind::Gogs) {
+            t.report(
+                b,
+                "git",
+                None,
                 format!(
                     "route {:?} is of kind {}, so a git condition can never match",
                     route.name,
@@ -648,10 +732,10 @@ fn compile_rule(
             );
         }
         if rule.gogs.is_some() {
-            b.report(
-                file,
-                line,
-                &format!("{key}.git"),
+            t.report(
+                b,
+                "git",
+                None,
                 "use either gogs or git in one rule, not both",
             );
         }
@@ -670,20 +754,25 @@ fn compile_rule(
         }
         if g.refs.is_some() || g.updates.is_some() {
             if git_actions & PUSH == 0 {
-                b.report(
-                    file,
-                    line,
-                    &format!("{key}.git"),
+                let field = if g.refs.is_some() {
+                    "git.refs"
+                } else {
+                    "git.updates"
+                };
+                t.report(
+                    b,
+                    field,
+                    None,
                     "refs and updates only apply to pushes, and this rule covers fetch only",
                 );
             }
             if let Some(list) = &g.refs {
-                for r in list {
+                for (i, r) in list.iter().enumerate() {
                     if !r.starts_with("refs/") && !r.starts_with('*') {
-                        b.report(
-                            file,
-                            line,
-                            &format!("{key}.git.refs"),
+                        t.report(
+                            b,
+                            "git.refs",
+                            Some(i),
                             format!(
                                 "{r:?} must be a full ref name (refs/heads/..., refs/tags/...)"
                             ),
@@ -704,11 +793,11 @@ fn compile_rule(
         }
     }
     if let Some(o) = &rule.otlp {
-        if !is(RouteKind::Otlp) {
-            b.report(
-                file,
-                line,
-                &format!("{key}.otlp"),
+        if let Some(route) = not(RouteKind::Otlp) {
+            t.report(
+                b,
+                "otlp",
+                None,
                 format!(
                     "route {:?} is of kind {}, so an otlp condition can never match",
                     route.name,
@@ -741,10 +830,10 @@ fn compile_rule(
         // cannot match.
         let git_methods = method_bit("GET") | method_bit("POST");
         if a & (FETCH | PUSH) == a && m & git_methods == 0 {
-            b.report(
-                file,
-                line,
-                &format!("{key}.methods"),
+            t.report(
+                b,
+                "methods",
+                None,
                 "git requests are GET or POST, so this rule can never match",
             );
         }
@@ -766,8 +855,8 @@ fn compile_rule(
         updates,
         signals,
         services,
-        file: file.to_path_buf(),
-        line,
+        file: t.site.file.to_path_buf(),
+        line: t.site.positions.find(t.at).map_or(0, |(line, _)| line),
     })
 }
 

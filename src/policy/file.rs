@@ -134,38 +134,3 @@ pub struct OtlpDef {
     #[serde(default)]
     pub services: Option<Vec<String>>,
 }
-
-/// Line numbers of each rule's `id:` key in file order, so semantic errors can name a line
-/// (YAML values carry no positions once deserialised).
-pub fn rule_lines(text: &str) -> Vec<usize> {
-    let mut in_rules = false;
-    let mut lines = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if !line.starts_with([' ', '\t', '-']) && !trimmed.is_empty() && !trimmed.starts_with('#') {
-            in_rules = trimmed.starts_with("rules:");
-            continue;
-        }
-        if in_rules {
-            let item = trimmed
-                .strip_prefix('-')
-                .map(str::trim_start)
-                .unwrap_or(trimmed);
-            if item.starts_with("id:") {
-                lines.push(i + 1);
-            }
-        }
-    }
-    lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rule_lines_follow_ids_under_rules_only() {
-        let text = "roles:\n  dev: { groups: [eng] }\nrules:\n  - id: a\n    route: gogs\n  -   id: b\n    route: gogs\n# id: not-a-rule\n";
-        assert_eq!(rule_lines(text), [4, 6]);
-    }
-}

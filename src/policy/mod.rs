@@ -10,6 +10,7 @@ pub mod diff;
 pub mod evaluate;
 pub mod explain;
 pub mod file;
+pub mod positions;
 pub mod request;
 pub mod testing;
 
@@ -75,25 +76,42 @@ pub fn parse_file(path: &Path, text: &str) -> Result<compile::Loaded, Diagnostic
     let file: file::PolicyFile = if text.trim().is_empty() {
         file::PolicyFile::default()
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            Diagnostic {
-                file: path.to_path_buf(),
-                line,
-                column,
-                key: String::new(),
-                message: e.to_string(),
-            }
-        })?
+        serde_yaml_ng::from_str(text).map_err(|e| yaml_diagnostic(path, &e))?
     };
     Ok(compile::Loaded {
         path: path.to_path_buf(),
-        lines: file::rule_lines(text),
+        positions: positions::Positions::of(text),
         text_digest: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes())
             .as_ref()
             .to_vec(),
         file,
     })
+}
+
+/// A YAML syntax or schema error at its line and column. The parser's message is split into
+/// the key it names (`rules[0].route`) and the reason, without the position it repeats.
+pub fn yaml_diagnostic(path: &Path, e: &serde_yaml_ng::Error) -> Diagnostic {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let mut message = e.to_string();
+    let at = format!(" at line {line} column {column}");
+    if let Some(m) = message.strip_suffix(&at) {
+        message = m.to_string();
+    }
+    // "rules[0].route: invalid type ...": the part before ": " is the key when it has no
+    // spaces (the parser writes the path of the node it was reading).
+    let (key, message) = match message.split_once(": ") {
+        Some((key, rest)) if !key.is_empty() && !key.contains(' ') => {
+            (key.to_string(), rest.to_string())
+        }
+        _ => (String::new(), message),
+    };
+    Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+    }
 }
 
 /// Loads and compiles every policy file of `dir` against `routes`, reporting every problem.

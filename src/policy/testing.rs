@@ -58,6 +58,8 @@ pub struct Expect {
 #[derive(Debug)]
 pub struct Outcome {
     pub file: PathBuf,
+    /// Where the case starts in its file (0 if unknown).
+    pub line: usize,
     pub name: String,
     pub passed: bool,
     pub expected: String,
@@ -149,26 +151,24 @@ pub fn run(
         let cases: CaseFile = match serde_yaml_ng::from_str(&text) {
             Ok(c) => c,
             Err(e) => {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                problems.push(Diagnostic {
-                    file: file.clone(),
-                    line,
-                    column,
-                    key: String::new(),
-                    message: e.to_string(),
-                });
+                problems.push(super::yaml_diagnostic(&file, &e));
                 continue;
             }
         };
-        for case in cases.cases {
+        let positions = super::positions::Positions::of(&text);
+        for (n, case) in cases.cases.into_iter().enumerate() {
+            let line = positions.find(&format!("cases[{n}]")).map_or(0, |p| p.0);
             let request = match request_of(routes, &case.request) {
                 Ok(r) => r,
                 Err(message) => {
+                    let (line, column) = positions
+                        .find(&format!("cases[{n}].request"))
+                        .unwrap_or((0, 0));
                     problems.push(Diagnostic {
                         file: file.clone(),
-                        line: 0,
-                        column: 0,
-                        key: format!("case {:?}", case.name),
+                        line,
+                        column,
+                        key: format!("cases[{n}] ({}).request", case.name),
                         message,
                     });
                     continue;
@@ -181,6 +181,7 @@ pub fn run(
             let passed = decision.effect() == want_effect && got_rule == want_rule;
             outcomes.push(Outcome {
                 file: file.clone(),
+                line,
                 name: case.name,
                 passed,
                 expected: format!("{want_effect} by {want_rule}"),
@@ -218,12 +219,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
     }
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if failed > 0 {
-        // Each failure by file and case name, so it can be found and fixed.
+        // Each failure by file, line and case name, so it can be found and fixed.
         out.push_str("\nfailed:\n");
         for o in outcomes.iter().filter(|o| !o.passed) {
             out.push_str(&format!(
-                "  {}: {}: expected {}, got {}\n",
+                "  {}:{}: {}: expected {}, got {}\n",
                 o.file.display(),
+                o.line,
                 o.name,
                 o.expected,
                 o.got

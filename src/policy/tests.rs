@@ -500,31 +500,130 @@ fn problems(text: &str) -> Vec<String> {
 #[test]
 fn bad_policies_are_reported_with_file_line_and_reason() {
     let p = problems("rules:\n  - id: a\n    route: gogs\n    roles: [developers]\n");
-    assert!(
-        p[0].starts_with("p.yaml:2:0: rules[0] (a).roles: role \"developers\" is not defined"),
-        "{p:#?}"
+    assert_eq!(
+        p,
+        ["p.yaml:4:13: rules[0] (a).roles: role \"developers\" is not defined (roles: )"]
     );
     let p = problems(
         "roles:\n  dev: { groups: [e] }\nrules:\n  - id: a\n    route: gitea\n    roles: [dev]\n",
     );
-    assert!(
-        p[0].contains("route \"gitea\" is not configured (routes: gogs, lightstep, web)"),
-        "{p:#?}"
+    assert_eq!(
+        p,
+        [
+            "p.yaml:5:5: rules[0] (a): route \"gitea\" is not configured (routes: gogs, lightstep, web)"
+        ]
     );
     let p = problems(
         "roles:\n  dev: { groups: [e] }\nrules:\n  - id: a\n    route: gogs\n    roles: [dev]\n  - id: a\n    route: gogs\n    roles: [dev]\n",
     );
-    assert!(
-        p[0].contains("p.yaml:7") && p[0].contains("already used at p.yaml:4"),
-        "{p:#?}"
+    assert_eq!(
+        p,
+        ["p.yaml:7:5: rules[1] (a): rule id \"a\" is already used at p.yaml:4"]
     );
+    // Schema errors: the key the parser names, the reason, the position once.
     let p = problems("rules:\n  - id: a\n    route: gogs\n    rolez: [dev]\n");
+    assert_eq!(p.len(), 1);
     assert!(
-        p[0].contains("unknown field `rolez`") && p[0].starts_with("p.yaml:4:"),
+        p[0].starts_with("p.yaml:4:5: rules[0]: unknown field `rolez`, expected one of"),
         "{p:#?}"
     );
+    assert!(!p[0].contains("at line"), "{p:#?}");
     let p = problems("rules:\n  - id: a\n    route: gogs\n");
-    assert!(p[0].contains("an allow rule must name its roles"), "{p:#?}");
+    assert_eq!(
+        p,
+        [
+            "p.yaml:2:5: rules[0] (a): an allow rule must name its roles (add roles: [\"*\"] for any authenticated caller)"
+        ]
+    );
+}
+
+#[test]
+fn every_problem_of_every_rule_is_reported_at_its_line_and_column() {
+    let text = r#"roles:
+  dev: { groups: [e] }
+  nobody: {}
+  "*": { groups: [x] }
+  dev: { groups: [f] }
+rules:
+  - id: a
+    route: gitea
+    roles: [dev, devs]
+    paths: ["x/**"]
+    git: { refs: [main] }
+  - id: a
+    route: gogs
+    roles: [dev]
+    methods: [GET, FETCH]
+  - id: ""
+    route: lightstep
+    roles: [dev]
+    unless: ["*"]
+    git: { actions: [fetch], updates: [delete] }
+"#;
+    let mut p = problems(text);
+    p.sort();
+    let mut want = vec![
+        // Roles: a key written twice, a role for nobody, a reserved name.
+        "p.yaml:5:3: roles.dev: is written twice; the first is at line 2",
+        "p.yaml:3:3: roles.nobody: grants the role to nobody: list groups, clients, subjects, emails or email_domains",
+        "p.yaml:4:3: roles.*: is a reserved role name",
+        // An unknown route does not stop the other checks of its rule...
+        "p.yaml:8:5: rules[0] (a): route \"gitea\" is not configured (routes: gogs, lightstep, web)",
+        "p.yaml:9:18: rules[0] (a).roles: role \"devs\" is not defined (roles: dev, nobody)",
+        "p.yaml:10:13: rules[0] (a).paths: \"x/**\" must start with '/' (paths are matched from the root)",
+        "p.yaml:11:19: rules[0] (a).git.refs: \"main\" must be a full ref name (refs/heads/..., refs/tags/...)",
+        // ...nor does a duplicate id...
+        "p.yaml:12:5: rules[1] (a): rule id \"a\" is already used at p.yaml:7",
+        "p.yaml:15:20: rules[1] (a).methods: \"FETCH\" is not a method the gateway passes (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, PROPFIND)",
+        // ...nor an empty id.
+        "p.yaml:16:5: rules[2] ().id: is empty: every rule needs an id",
+        "p.yaml:19:14: rules[2] ().unless: \"*\" here would exempt every caller, so the rule could never match",
+        "p.yaml:20:5: rules[2] ().git: route \"lightstep\" is of kind otlp, so a git condition can never match",
+        "p.yaml:20:30: rules[2] ().git.updates: refs and updates only apply to pushes, and this rule covers fetch only",
+    ];
+    want.sort();
+    assert_eq!(p, want);
+}
+
+#[test]
+fn a_role_defined_in_two_files_names_both_places() {
+    let a = parse_file(
+        Path::new("a.yaml"),
+        "# first\nroles:\n  dev: { groups: [e] }\n",
+    )
+    .unwrap();
+    let b = parse_file(
+        Path::new("b.yaml"),
+        "roles:\n  ops: { groups: [o] }\n  dev: { groups: [f] }\n",
+    )
+    .unwrap();
+    let p: Vec<String> = match compile::compile(&[a, b], &routes()) {
+        Ok(_) => panic!("a role defined twice was accepted"),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(
+        p,
+        ["b.yaml:3:3: roles.dev: role \"dev\" is also defined at a.yaml:3"]
+    );
+}
+
+#[test]
+fn too_many_roles_are_reported_at_the_first_one_over_the_limit() {
+    let mut text = String::from("roles:\n");
+    for i in 0..=compile::MAX_ROLES {
+        text.push_str(&format!("  r{i:03}: {{ groups: [g{i}] }}\n"));
+    }
+    let p = problems(&text);
+    assert_eq!(
+        p,
+        [format!(
+            "p.yaml:{}:3: roles.r{:03}: {} roles defined; at most {} are supported",
+            compile::MAX_ROLES + 2,
+            compile::MAX_ROLES,
+            compile::MAX_ROLES + 1,
+            compile::MAX_ROLES
+        )]
+    );
 }
 
 #[test]

@@ -119,6 +119,40 @@ fn inbound(d: &Delivery) -> Inbound<'_> {
     }
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far. Linux only; 0 when
+/// unavailable.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU and deliveries measured inside the timed sections of one benchmark.
+#[derive(Default)]
+struct CpuUse {
+    seconds: f64,
+    deliveries: u64,
+}
+
+impl CpuUse {
+    fn report(&self, name: &str) {
+        if self.deliveries > 0 && self.seconds > 0.0 {
+            let per = self.seconds / self.deliveries as f64;
+            eprintln!(
+                "{name}: {:.0} us CPU (user+sys) per delivery over {} deliveries: {:.0}/s if one core were all ours",
+                per * 1e6,
+                self.deliveries,
+                1.0 / per
+            );
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,6 +169,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(N));
     let mut next = 1_000_000u64;
+    let mut cpu = CpuUse::default();
     g.bench_function("receive_push_2000_sync_full", |b| {
         b.iter_custom(|iters| {
             let store = SqliteStore::open(&dir.path().join("hooks.sqlite")).expect("store");
@@ -142,15 +177,19 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 let batch = deliveries(next, N);
                 next += N;
-                let start = Instant::now();
+                let (start, cpu0) = (Instant::now(), cpu_seconds());
                 for d in &batch {
                     receive(&hooks, &store, &inbound(d)).expect("receive");
                 }
                 total += start.elapsed();
+                cpu.seconds += cpu_seconds() - cpu0;
+                cpu.deliveries += N;
             }
             total
         })
     });
+    cpu.report("receive_push_2000_sync_full");
+    let mut cpu = CpuUse::default();
     // Deliveries arriving together (16 at a time, as Gogs sends when many pushes land at
     // once) share each fsync through the store's group commit. Run under `taskset -c 0` for
     // the one-core figure.
@@ -161,7 +200,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 let batch = deliveries(next, N);
                 next += N;
-                let start = Instant::now();
+                let (start, cpu0) = (Instant::now(), cpu_seconds());
                 std::thread::scope(|scope| {
                     for part in batch.chunks((N / 16) as usize) {
                         let (hooks, store) = (&hooks, &store);
@@ -173,10 +212,13 @@ fn bench(c: &mut Criterion) {
                     }
                 });
                 total += start.elapsed();
+                cpu.seconds += cpu_seconds() - cpu0;
+                cpu.deliveries += N;
             }
             total
         })
     });
+    cpu.report("receive_push_2000_16_concurrent");
     g.finish();
 }
 

@@ -9,7 +9,7 @@
 //! and outbox rows land together or not at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -277,8 +277,18 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Deliveries waiting for the next group commit.
-    queue: Mutex<Vec<(OwnedDelivery, Arc<Slot>)>>,
+    /// Deliveries waiting for the next group commit, and whether one is being written.
+    group: Mutex<Group>,
+    /// Signalled when a group commit has handed out its results.
+    written: Condvar,
+}
+
+/// The group-commit queue.
+#[derive(Default)]
+struct Group {
+    queue: Vec<(OwnedDelivery, Arc<Slot>)>,
+    /// A caller is writing a batch: new arrivals wait for the next one.
+    writing: bool,
 }
 
 impl SqliteStore {
@@ -305,7 +315,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
+            group: Mutex::new(Group::default()),
+            written: Condvar::new(),
         })
     }
 
@@ -564,53 +575,98 @@ impl OwnedDelivery {
     }
 }
 
-impl HookStore for SqliteStore {
-    fn receive(&self, d: &Delivery<'_>) -> Result<Received, StoreError> {
-        // Group commit: whoever holds the connection records every delivery queued so far in
-        // one transaction (one fsync), and hands each waiting caller its own result.
-        let slot = Arc::new(Slot::default());
-        self.queue
+impl SqliteStore {
+    fn group(&self) -> Result<MutexGuard<'_, Group>, StoreError> {
+        self.group
             .lock()
-            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?
-            .push((OwnedDelivery::from(d), slot.clone()));
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?;
-        if let Some(done) = slot.take() {
-            return done.map_err(|e| self.error(e));
-        }
-        let batch = std::mem::take(
-            &mut *self
-                .queue
-                .lock()
-                .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?,
-        );
-        let results = (|| {
-            let tx = conn.transaction()?;
-            let mut results = Vec::with_capacity(batch.len());
-            for (d, _) in &batch {
-                results.push(record(&tx, &d.view())?);
-            }
-            tx.commit()?;
-            Ok::<_, rusqlite::Error>(results)
-        })();
-        // Results are handed out before the connection is released: a caller that gets it
-        // next finds its result waiting.
+            .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))
+    }
+
+    /// Records `batch` in one transaction and hands each caller its result.
+    fn write_batch(&self, batch: &[(OwnedDelivery, Arc<Slot>)]) {
+        let results = match self.conn.lock() {
+            Ok(mut conn) => (|| {
+                let tx = conn.transaction()?;
+                let mut results = Vec::with_capacity(batch.len());
+                for (d, _) in batch {
+                    results.push(record(&tx, &d.view())?);
+                }
+                tx.commit()?;
+                Ok::<_, rusqlite::Error>(results)
+            })()
+            .map_err(|e| e.to_string()),
+            Err(_) => Err("lock poisoned".to_string()),
+        };
         match results {
             Ok(results) => {
                 for ((_, s), r) in batch.iter().zip(results) {
                     s.put(Ok(r));
                 }
             }
-            Err(e) => {
-                let text = e.to_string();
-                for (_, s) in &batch {
+            Err(text) => {
+                for (_, s) in batch {
                     s.put(Err(text.clone()));
                 }
             }
         }
-        drop(conn);
+    }
+}
+
+/// Ends a caller's turn at writing, even if it panicked: the next waiting caller writes the
+/// batch queued meanwhile.
+struct Writing<'a>(&'a SqliteStore);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut g = self
+            .0
+            .group
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        g.writing = false;
+        drop(g);
+        self.0.written.notify_all();
+    }
+}
+
+impl HookStore for SqliteStore {
+    fn receive(&self, d: &Delivery<'_>) -> Result<Received, StoreError> {
+        // Group commit: a caller that finds nobody writing writes every delivery queued so
+        // far in one transaction (one fsync); callers arriving meanwhile queue up and wait,
+        // and the first of them whose result is not in writes the next batch. Results are
+        // handed out through the slots, so a caller whose delivery is written returns at once
+        // instead of queueing behind the next transaction's fsync.
+        let slot = Arc::new(Slot::default());
+        let queued = (OwnedDelivery::from(d), slot.clone());
+        let mut g = self.group()?;
+        g.queue.push(queued);
+        loop {
+            if let Some(done) = slot.take() {
+                return done.map_err(|e| self.error(e));
+            }
+            if !g.writing {
+                break;
+            }
+            g = self
+                .written
+                .wait(g)
+                .map_err(|_| StoreError::Poisoned(self.path.display().to_string()))?;
+        }
+        g.writing = true;
+        drop(g);
+        let writing = Writing(self);
+        // Callers whose results the last batch just handed out are usually about to queue
+        // their next delivery: let them, so the fsync this batch costs is shared by more.
+        std::thread::yield_now();
+        let batch = std::mem::take(
+            &mut self
+                .group
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .queue,
+        );
+        self.write_batch(&batch);
+        drop(writing);
         slot.take()
             .unwrap_or_else(|| Err("the delivery was not recorded".into()))
             .map_err(|e| self.error(e))

@@ -8,7 +8,7 @@
 use aws_lc_rs::digest;
 use serde::Deserialize;
 
-use super::record::Record;
+use super::record::{Record, write_json};
 
 /// `prev` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -16,13 +16,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
 
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    // Hex digits are ASCII: this never fails.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Lower-case hex of `bytes` into `out` (twice as long), without allocating.
@@ -32,40 +29,6 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
         pair[0] = DIGITS[(b >> 4) as usize];
         pair[1] = DIGITS[(b & 15) as usize];
     }
-}
-
-/// Replaces U+2028 and U+2029 (valid raw in JSON strings, but line breaks to some readers)
-/// in `json[from..]` with their `\u` escapes. They can only occur inside strings.
-fn escape_separators(json: &mut Vec<u8>, from: usize) {
-    // Both start with 0xE2; `contains` on bytes is a fast scan, and most lines have none.
-    if !json[from..].contains(&0xE2)
-        || !json[from..]
-            .windows(3)
-            .any(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
-    {
-        return;
-    }
-    let mut out = Vec::with_capacity(json.len() + 16);
-    out.extend_from_slice(&json[..from]);
-    let mut i = from;
-    while i < json.len() {
-        if i + 2 < json.len()
-            && json[i] == 0xE2
-            && json[i + 1] == 0x80
-            && (json[i + 2] == 0xA8 || json[i + 2] == 0xA9)
-        {
-            out.extend_from_slice(if json[i + 2] == 0xA8 {
-                b"\\u2028"
-            } else {
-                b"\\u2029"
-            });
-            i += 3;
-        } else {
-            out.push(json[i]);
-            i += 1;
-        }
-    }
-    *json = out;
 }
 
 /// Serialises `record` (whose `seq` and `prev` are set) into its line, newline included, and
@@ -78,16 +41,12 @@ pub fn seal(record: &mut Record) -> (Vec<u8>, String) {
 }
 
 /// [`seal`] appending the line to `out` (the writer's batch buffer, so nothing is copied or
-/// allocated per record but the hash). `record.hash` is left empty. If the record cannot be
-/// serialised (it always can: plain strings and numbers), nothing is appended.
+/// allocated per record but the hash). `record.hash` is left empty. The line is what
+/// `serde_json` writes, with U+2028/U+2029 escaped too ([`write_json`]).
 pub fn seal_into(record: &mut Record, out: &mut Vec<u8>) -> String {
     record.hash.clear();
     let start = out.len();
-    if serde_json::to_writer(&mut *out, &*record).is_err() {
-        out.truncate(start);
-        return String::new();
-    }
-    escape_separators(out, start);
+    write_json(record, out);
     let hash = hex(digest::digest(&digest::SHA256, &out[start..]).as_ref());
     // `{..."prev":"<hex>"}` becomes `{..."prev":"<hex>","hash":"<hex>"}\n`.
     out.pop();
@@ -197,6 +156,150 @@ mod tests {
             let mut bad = body.to_vec();
             bad[i] = if bad[i] == b'a' { b'b' } else { b'a' };
             assert!(check_line(&bad).is_err(), "edit at {i} not caught");
+        }
+    }
+
+    /// What the writer wrote before `write_json`: serde_json, then U+2028/U+2029 escaped.
+    fn reference_line(r: &Record) -> Vec<u8> {
+        let json = serde_json::to_string(r).unwrap();
+        json.replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029")
+            .into_bytes()
+    }
+
+    fn nasty(n: usize) -> String {
+        let pieces = [
+            "a",
+            "\"",
+            "\\",
+            "\n",
+            "\r",
+            "\t",
+            "\u{8}",
+            "\u{c}",
+            "\0",
+            "\u{1b}",
+            "\u{1f}",
+            "\u{7f}",
+            " ",
+            "/",
+            "é",
+            "\u{2028}",
+            "\u{2029}",
+            "\u{2027}",
+            "\u{202a}",
+            "\u{20ac}",
+            "€\u{2028}",
+            "😀",
+            "<script>",
+            ",",
+            ";",
+            "'",
+            "\u{e2}",
+            "xxxxxxxx",
+        ];
+        let mut s = String::new();
+        let mut x = n.wrapping_mul(2_654_435_761) + 1;
+        for _ in 0..(n % 23) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push_str(pieces[x % pieces.len()]);
+        }
+        s
+    }
+
+    #[test]
+    fn the_line_writer_matches_serde_json() {
+        use crate::audit::record::{Action, AuditDecision, AuditIdentity, AuditRef, Source};
+        for n in 0..3000 {
+            let v = |k: usize| nasty(n * 31 + k);
+            let some = |k: usize| !(n + k).is_multiple_of(3);
+            let list = |k: usize| (0..((n + k) % 4)).map(|i| v(k * 7 + i)).collect::<Vec<_>>();
+            let r = Record {
+                time: v(1),
+                id: v(2),
+                seq: (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                replica: v(3),
+                kind: v(4),
+                request_id: some(5).then(|| v(5)),
+                trace_id: some(6).then(|| v(6)),
+                ref_id: some(7).then(|| v(7)),
+                identity: some(8).then(|| AuditIdentity {
+                    subject: v(9),
+                    username: some(10).then(|| v(10)),
+                    email: some(11).then(|| v(11)),
+                    email_verified: n.is_multiple_of(2),
+                    groups: list(12),
+                    method: v(13),
+                    client_id: some(14).then(|| v(14)),
+                    issuer: some(15).then(|| v(15)),
+                }),
+                source: some(16).then(|| Source {
+                    addr: v(16),
+                    trusted_proxy: n.is_multiple_of(5),
+                    forwarded_for: some(17).then(|| v(17)),
+                }),
+                route: some(18).then(|| v(18)),
+                method: some(19).then(|| v(19)),
+                path: some(20).then(|| v(20)),
+                action: some(21).then(|| Action {
+                    kind: some(22).then(|| v(22)),
+                    repository: some(23).then(|| v(23)),
+                    refs: (0..(n % 3))
+                        .map(|i| AuditRef {
+                            name: v(24 + i),
+                            kind: v(27 + i),
+                            old: if some(30 + i) {
+                                v(30 + i)
+                            } else {
+                                String::new()
+                            },
+                            new: if some(33 + i) {
+                                v(33 + i)
+                            } else {
+                                String::new()
+                            },
+                        })
+                        .collect(),
+                    services: list(36),
+                }),
+                decision: some(37).then(|| AuditDecision {
+                    effect: v(37),
+                    rule: some(38).then(|| v(38)),
+                    reasons: list(39),
+                    policy: some(40).then(|| v(40)),
+                }),
+                status: some(41).then_some((n * 7) as u16),
+                bytes_in: some(42).then_some(u64::MAX - n as u64),
+                bytes_out: some(43).then_some(n as u64),
+                duration_us: some(44).then_some(0),
+                detail: some(45).then(|| v(45)),
+                truncated: list(46),
+                prev: v(47),
+                hash: if some(48) { v(48) } else { String::new() },
+            };
+            let mut mine = b"earlier bytes".to_vec();
+            write_json(&r, &mut mine);
+            assert_eq!(
+                String::from_utf8_lossy(&mine[13..]),
+                String::from_utf8_lossy(&reference_line(&r)),
+                "record {n}"
+            );
+            let back: Record = serde_json::from_slice(&mine[13..]).unwrap();
+            assert_eq!(back, r, "record {n}");
+        }
+        // A default record, and one with an empty action.
+        for r in [
+            Record::default(),
+            Record {
+                action: Some(Action::default()),
+                ..Default::default()
+            },
+        ] {
+            let mut mine = Vec::new();
+            write_json(&r, &mut mine);
+            assert_eq!(mine, reference_line(&r));
         }
     }
 

@@ -1115,15 +1115,36 @@ fn flag(v: Option<bool>) -> &'static str {
     }
 }
 
+/// Whether `hay` holds any of `set` (at most four bytes), eight bytes at a time with an early
+/// exit: most cells are short and need no quoting, and this runs for every cell of every row.
+#[inline]
+fn contains_any(hay: &[u8], set: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut words = hay.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let w = u64::from_le_bytes(b);
+        let mut hit = 0;
+        for &c in set {
+            // A zero byte in `x` is a byte equal to `c` in `w` (exact as a yes/no answer).
+            let x = w ^ (ONES * u64::from(c));
+            hit |= x.wrapping_sub(ONES) & !x & HIGHS;
+        }
+        if hit != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|c| set.contains(c))
+}
+
 /// Appends one CSV cell and a comma: RFC 4180 quoting, and a leading `'` when the value
 /// starts with `=`, `+`, `-`, `@`, tab or CR, so no spreadsheet runs it as a formula.
 fn cell(out: &mut Vec<u8>, v: &str) {
     let b = v.as_bytes();
     let formula = matches!(b.first(), Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r'));
-    // No early exit: the compiler turns this into a vector loop.
-    let quote = b.iter().fold(false, |q, &c| {
-        q | (c == b',') | (c == b'"') | (c == b'\n') | (c == b'\r')
-    });
+    let quote = contains_any(b, b",\"\n\r");
     if quote {
         out.push(b'"');
     }
@@ -1154,10 +1175,7 @@ fn push_item(list: &mut String, item: &str) {
 }
 
 fn push_escaped(list: &mut String, item: &str) {
-    if item
-        .bytes()
-        .fold(false, |e, c| e | (c == b';') | (c == b'\\'))
-    {
+    if contains_any(item.as_bytes(), b";\\") {
         for c in item.chars() {
             if c == ';' || c == '\\' {
                 list.push('\\');
@@ -1857,6 +1875,29 @@ mod tests {
         assert_eq!(cells(&["\rx"]), "\"'\rx\",");
         assert_eq!(cells(&["=a,b"]), "\"'=a,b\",");
         assert_eq!(cells(&["x=1"]), "x=1,");
+    }
+
+    #[test]
+    fn byte_sets_are_found_in_every_position() {
+        let set = b",\"\n\r";
+        for len in 0..40 {
+            for at in 0..=len {
+                for &c in set.iter().chain(b"x") {
+                    let mut v = vec![b'a'; len];
+                    if at < len {
+                        v[at] = c;
+                    }
+                    let want = at < len && c != b'x';
+                    assert_eq!(contains_any(&v, set), want, "len {len} at {at} byte {c}");
+                }
+            }
+        }
+        // Bytes next to the set's values, and high bytes, are not in it.
+        assert!(!contains_any(
+            b"+-./\x0b\x0c\x0e\x21\x23\xe2\x80\xa8\xff\x80",
+            set
+        ));
+        assert!(contains_any("é,".as_bytes(), set));
     }
 
     #[test]

@@ -460,8 +460,8 @@ say "\$ git clone $URL"
 must 60 "alice's git clone" "${AGIT[@]}" clone --quiet "$URL" "$A"
 [ -f "$A/checkout.py" ] || fail "alice's clone has no checkout.py"
 say "Cloned: $("${AGIT[@]}" -C "$A" log --oneline -1 | head -c 100)"
-grep -q '"kind":"git_fetch".*"username":"alice"\|"username":"alice".*"kind":"git_fetch"' "$WORK"/audit/*.jsonl ||
-    fail "the audit log has no git fetch by alice"
+grep -h '"kind":"git_fetch"' "$WORK"/audit/*.jsonl | grep '"username":"alice"' | grep -q '"method":"basic"' ||
+    fail "the audit log has no git fetch by alice authenticated with Basic (the credential helper's token)"
 say "The gateway authenticated alice's token (Basic, from the helper) and recorded the fetch as hers."
 
 ###############################################################################################

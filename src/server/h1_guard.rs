@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use memchr::memchr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
@@ -216,36 +217,54 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+/// The lines of a head, without their CRLF; stops at a line ending in a bare LF.
+struct Lines<'a> {
+    rest: &'a [u8],
+    bare_lf: bool,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let nl = memchr(b'\n', self.rest)?;
+        if nl == 0 || self.rest[nl - 1] != b'\r' {
+            self.bare_lf = true;
+            self.rest = &[];
+            return None;
+        }
+        let line = &self.rest[..nl - 1];
+        self.rest = &self.rest[nl + 1..];
+        Some(line)
+    }
 }
 
 /// Checks a complete head and says how its body is framed.
 fn analyse_head(head: &[u8]) -> Result<State, &'static str> {
-    let mut lines = Vec::with_capacity(16);
-    let mut i = 0;
-    while let Some(p) = memchr(b'\n', &head[i..]) {
-        let nl = i + p;
-        if nl == 0 || head[nl - 1] != b'\r' {
-            return Err("bare LF line ending");
-        }
-        lines.push(&head[i..nl - 1]);
-        i = nl + 1;
-    }
-    let (request_line, fields) = lines.split_first().ok_or("empty request head")?;
-    if request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+    let mut lines = Lines {
+        rest: head,
+        bare_lf: false,
+    };
+    let Some(request_line) = lines.next() else {
+        return Err(if lines.bare_lf {
+            "bare LF line ending"
+        } else {
+            "empty request head"
+        });
+    };
+    if has_ctl(request_line) {
         return Err("control character in request line");
     }
     let mut parts = request_line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
-    if target.contains(&b'#') {
+    if memchr(b'#', target).is_some() {
         return Err("'#' in request target");
     }
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut upgrade = method == b"CONNECT";
-    for line in fields {
+    while let Some(line) = lines.next() {
         if line.is_empty() {
             continue;
         }
@@ -255,10 +274,11 @@ fn analyse_head(head: &[u8]) -> Result<State, &'static str> {
         let colon = memchr(b':', line).ok_or("header line without ':'")?;
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
-        if name.iter().any(|&b| !is_token(b)) {
+        if name.iter().any(|&b| !TOKEN[usize::from(b)]) {
             return Err("invalid character in header name");
         }
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        // Tabs are allowed in values: only look byte by byte when the fast test finds any.
+        if has_ctl(value) && value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err("control character in header value");
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -278,6 +298,9 @@ fn analyse_head(head: &[u8]) -> Result<State, &'static str> {
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
         }
+    }
+    if lines.bare_lf {
+        return Err("bare LF line ending");
     }
     let body = match (content_length, transfer_encoding) {
         (Some(_), Some(_)) => return Err("both Content-Length and Transfer-Encoding"),
@@ -309,8 +332,53 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// RFC 9110 `tchar`, by byte.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+/// Whether any byte is a control character (below 0x20, or DEL), eight bytes at a time:
+/// heads carry long tokens and cookies, and this runs on every request.
+fn has_ctl(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        // A byte below 0x20 borrows in x - 0x20.. and had its top bit clear (exact for < 0x80).
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        // A byte equal to 0x7f becomes zero under the xor.
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGH;
+        if below | del != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
 /// Advances the chunked-body machine; returns bytes consumed and whether the body ended.

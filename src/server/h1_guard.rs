@@ -264,7 +264,7 @@ fn analyse_head(head: &[u8]) -> Result<State, &'static str> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut upgrade = method == b"CONNECT";
-    while let Some(line) = lines.next() {
+    for line in lines.by_ref() {
         if line.is_empty() {
             continue;
         }

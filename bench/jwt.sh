@@ -9,8 +9,8 @@
 #   unique: every request carries a token not seen before (gatehouse's verified-token cache
 #           misses; the gateway is restarted before each round so earlier rounds cannot help).
 # Reports requests/s, p50/p99 latency and proxy CPU per request, the median over rounds, and
-# gatehouse/HAProxy ratios. gatehouse runs as deployed: policy decision and audit log on
-# (`--no-audit` to leave the audit log out). See bench/README.md.
+# gatehouse/HAProxy ratios. gatehouse runs as deployed: policy decision and audit log on (it
+# refuses to run without one). See bench/README.md.
 #
 # Everything listens on 127.0.0.1 with free ports, lives in a temp dir, is bounded in time and
 # is stopped by pid on exit.
@@ -25,13 +25,12 @@ usage: bench/jwt.sh [options]
   --warmup S        warm-up seconds before each run (default 3)
   --connections N   wrk connections (default 64)
   --tokens N        unique tokens to sign (default 150000; must exceed one unique run)
-  --no-audit        run gatehouse without its audit log
   --out FILE        results file (default bench/results/jwt-<alg>-<date>.txt)
 Needs: haproxy, nginx (nginx-light), wrk, openssl, taskset, curl, python3, 2 cores.
 EOF
 }
 
-ALG=RS256 ROUNDS=3 DURATION=10 WARMUP=3 CONNS=64 NTOKENS=150000 AUDIT=1 OUT=""
+ALG=RS256 ROUNDS=3 DURATION=10 WARMUP=3 CONNS=64 NTOKENS=150000 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --alg) ALG=$2; shift 2 ;;
@@ -40,7 +39,6 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP=$2; shift 2 ;;
         --connections) CONNS=$2; shift 2 ;;
         --tokens) NTOKENS=$2; shift 2 ;;
-        --no-audit) AUDIT=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -54,7 +52,7 @@ done
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT=${OUT:-$REPO/bench/results/jwt-$ALG-$STAMP$([ "$AUDIT" = 0 ] && echo -no-audit).txt}
+OUT=${OUT:-$REPO/bench/results/jwt-$ALG-$STAMP.txt}
 mkdir -p "$(dirname "$OUT")"
 TMP=$(mktemp -d /tmp/gatehouse-jwt-bench.XXXXXX)
 PIDS=()
@@ -98,7 +96,7 @@ chmod go-rwx "$TMP/keys/key.pem" "$TMP/keys/key.der"
 "$GATEHOUSE_BIN" certs dev --out "$TMP/certs" --host localhost --host 127.0.0.1 >/dev/null 2>&1 \
     || "$GATEHOUSE_BIN" certs dev --out "$TMP/certs" >/dev/null
 
-log "bench/jwt.sh $STAMP: $ALG, $ROUNDS rounds, ${DURATION}s measured after ${WARMUP}s warm-up, $CONNS connections, audit $([ "$AUDIT" = 1 ] && echo on || echo off)"
+log "bench/jwt.sh $STAMP: $ALG, $ROUNDS rounds, ${DURATION}s measured after ${WARMUP}s warm-up, $CONNS connections, audit log on"
 log "machine:   $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
 log "haproxy:   $(haproxy -v | head -1)"
 log "wrk:       $(wrk -v 2>&1 | head -1)"
@@ -200,7 +198,10 @@ ca_file = "$TMP/certs/ca.crt"
 dir = "$TMP/gatehouse/policies"
 watch = false
 
-$([ "$AUDIT" = 1 ] && printf '[audit]\ndir = "%s"\nreplica = "bench"\nsigning_key_file = "%s"\n' "$TMP/gatehouse/audit" "$TMP/gatehouse/audit.pem")
+[audit]
+dir = "$TMP/gatehouse/audit"
+replica = "bench"
+signing_key_file = "$TMP/gatehouse/audit.pem"
 
 [[routes]]
 name = "bench"

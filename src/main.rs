@@ -86,7 +86,7 @@ enum Command {
         command: WebhooksCommand,
     },
     /// git credential helper: `git config --global credential.https://git.example.com.helper
-    /// "gatehouse git-credential"`.
+    /// "!gatehouse git-credential"` (the `!` runs it as a command, not as `git credential-...`).
     GitCredential {
         /// get, store or erase (git passes it): get prints the stored access token,
         /// refreshed first when it is about to expire; erase forgets the stored access token

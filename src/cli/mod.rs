@@ -5,7 +5,7 @@
 //! publishes at `/.gatehouse/cli.json`, and stores the tokens (see [`store`]).
 //! `gatehouse git-credential get|store|erase` speaks git's credential-helper protocol with
 //! those tokens, refreshing them when they are about to expire, so that
-//! `git config --global credential.https://git.example.com.helper "gatehouse git-credential"`
+//! `git config --global credential.https://git.example.com.helper "!gatehouse git-credential"`
 //! makes `git clone` just work.
 
 pub mod audit;

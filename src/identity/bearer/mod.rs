@@ -12,6 +12,7 @@
 //! (at most five minutes), so repeated requests skip the signature check.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::digest;
 use dashmap::DashMap;
@@ -85,6 +86,9 @@ struct Cached {
 pub struct BearerVerifier {
     issuers: Vec<Arc<JwtIssuer>>,
     cache: DashMap<[u8; 32], Cached>,
+    /// When the full cache was last swept (seconds): at most one O(n) sweep a second, so
+    /// a full cache of unexpired tokens does not make every miss walk it.
+    swept: AtomicU64,
     metrics: Arc<IdentityMetrics>,
 }
 
@@ -93,6 +97,7 @@ impl BearerVerifier {
         BearerVerifier {
             issuers,
             cache: DashMap::new(),
+            swept: AtomicU64::new(0),
             metrics,
         }
     }
@@ -114,7 +119,7 @@ impl BearerVerifier {
         self.metrics.token_cache(false);
         let (identity, exp) = self.verify_uncached(token, now).await?;
         let identity = Arc::new(identity);
-        if self.cache.len() >= CACHE_CAPACITY {
+        if self.cache.len() >= CACHE_CAPACITY && self.swept.swap(now, Ordering::Relaxed) != now {
             self.cache.retain(|_, c| c.until > now);
         }
         if self.cache.len() < CACHE_CAPACITY {

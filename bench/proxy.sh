@@ -99,7 +99,7 @@ fi
 STAMP=$(date +%Y%m%d-%H%M%S)
 if [ -z "$OUT" ]; then
     # runs with profile overrides are named after them, e.g. proxy-<date>-lto-fat-codegen-units-1.txt
-    suffix=$(env | grep -E '^CARGO_PROFILE_RELEASE_' | sort | sed -E 's/^CARGO_PROFILE_RELEASE_//; s/=/-/' |
+    suffix=$( (env | grep -E '^CARGO_PROFILE_RELEASE_' || true) | sort | sed -E 's/^CARGO_PROFILE_RELEASE_//; s/=/-/' |
         tr 'A-Z_' 'a-z-' | tr '\n' '-' | sed 's/-$//')
     OUT="$REPO/bench/results/proxy-$STAMP${suffix:+-$suffix}.txt"
 fi

@@ -901,6 +901,66 @@ async fn a_full_disk_refuses_what_requires_audit_and_recovers_by_itself() {
     assert!(all.iter().any(|r| r.path.as_deref() == Some("/after")));
 }
 
+/// Sets or clears the immutable attribute (`chattr +i`): even root's writes through a file
+/// the gateway already holds open then fail, as on storage turned read-only under it.
+fn immutable(path: &Path, on: bool) {
+    let (ok, out) = as_root(&[
+        "chattr",
+        if on { "+i" } else { "-i" },
+        &path.display().to_string(),
+    ]);
+    assert!(ok, "this test needs chattr on an ext4-like /tmp: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_storage_turned_read_only_refuses_what_requires_audit_and_recovers() {
+    let ca = DevCa::new();
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let mut gw = GatewayBuilder::new()
+        .audit("fsync = \"always\"")
+        .route("web", "plain", &[HOST], &up.url(), "")
+        .start(&ca);
+    let (dir, key) = (gw.audit_dir(), gw.audit_key());
+    assert_eq!(status_of(&ca, &gw, HOST, "/before").0, "200");
+    let log = newest_log(&dir);
+    // The open log file and the directory (no new file either) refuse writes from now on.
+    immutable(&log, true);
+    immutable(&dir, true);
+    let forwarded = up.requests().len();
+    for i in 0..5 {
+        let (code, body) = status_of(&ca, &gw, HOST, &format!("/read-only-{i}"));
+        assert_eq!(code, "503", "{body}");
+        assert!(body.contains("audit log cannot be written"), "{body}");
+    }
+    assert_eq!(
+        up.requests().len(),
+        forwarded,
+        "a request was forwarded unrecorded"
+    );
+    gw.eventually(5, "the audit log marked unhealthy", || {
+        gw.metric("gatehouse_audit_healthy") == 0.0
+    });
+    assert!(gw.metric("gatehouse_audit_write_errors_total") >= 1.0);
+
+    // Writable again: the gateway recovers without a restart.
+    immutable(&dir, false);
+    immutable(&log, false);
+    gw.eventually(10, "requests forwarded again", || {
+        status_of(&ca, &gw, HOST, "/after").0 == "200"
+    });
+    assert_eq!(gw.metric("gatehouse_audit_healthy"), 1.0);
+    assert_eq!(gw.metric("gatehouse_audit_records_lost_total"), 0.0);
+    assert!(gw.stop(30).success(), "{}", gw.log());
+
+    // The chain is intact and the refusals are on record.
+    let (ok, out) = verify(&dir, &key);
+    assert!(ok, "{out}");
+    let all = records(&dir);
+    let refusals = all.iter().filter(|r| r.status == Some(503)).count();
+    assert!(refusals >= 5, "{refusals} refusals on record");
+    assert!(all.iter().any(|r| r.path.as_deref() == Some("/after")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_stream_leaves_a_log_that_verifies_and_the_chain_continues() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -418,3 +418,70 @@ async fn ci_may_send_telemetry_only_for_its_own_services() {
     assert_eq!(r.status(), Some(400), "{}", r.text);
     assert_eq!(s.up.requests().len(), 1);
 }
+
+/// A request keeps the policy it was decided under: one waiting on a slow upstream when a
+/// stricter policy is loaded still completes, and the next request is judged by the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_keeps_the_policy_it_was_decided_under() {
+    let ca = DevCa::new();
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    // This gateway has no lightstep route.
+    let policy = POLICY.split("  - id: ci-traces").next().unwrap_or(POLICY);
+    let secrets = Secrets::new(&provider, policy);
+    let up = RecordingUpstream::start(Reply::Delay(Duration::from_secs(6))).await;
+    let gw = GatewayBuilder::new()
+        .toml(&secrets.identity(&provider, "", &[support::oidc::AUDIENCE]))
+        .route_with("gogs", "gogs", &[HOST], &up.url(), &secrets.gogs_extra())
+        .start(&ca);
+    let alice = tokio::task::block_in_place(|| user_token(&provider, "alice"));
+    let hp = format!("{HOST}:{}", gw.port());
+    let probe = format!(
+        "GET /platform/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: {hp}\r\nAuthorization: Bearer {alice}\r\nUser-Agent: git/2.47\r\nConnection: close\r\n\r\n"
+    );
+    let (addr, ca_file) = (gw.https, ca.ca());
+    let in_flight = {
+        let (probe, ca_file) = (probe.clone(), ca_file.clone());
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = support::raw::connect(addr, &ca_file, HOST).await;
+            s.write_all(probe.as_bytes()).await.expect("write");
+            support::raw::read_response(&mut s, Duration::from_secs(15)).await
+        })
+    };
+    // Decided and forwarded: the upstream holds it for 6 s.
+    gw.eventually(5, "the request reached the upstream", || {
+        !up.requests().is_empty()
+    });
+
+    // Fetching is no longer allowed for anyone.
+    let policy_file = Path::new(&secrets.path("policies")).join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        policy.replace(
+            "    git: { actions: [fetch] }",
+            "    git: { actions: [fetch], repos: [nothing/*] }",
+        ),
+    )
+    .unwrap();
+    gw.eventually(10, "policy reloaded", || {
+        gw.metric(r#"gatehouse_policy_reloads_total{result="success"}"#) >= 1.0
+    });
+    assert!(
+        !in_flight.is_finished(),
+        "the reload came too late to test anything"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        r.status(),
+        Some(200),
+        "the in-flight request was cut: {}",
+        r.text
+    );
+    let r = exchange(addr, &ca_file, HOST, probe.as_bytes()).await;
+    assert_eq!(r.status(), Some(403), "{}", r.text);
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "only the first request reached the upstream"
+    );
+}

@@ -270,9 +270,14 @@ pub fn identity_from_claims(
             .collect::<Result<Vec<_>, _>>()?,
         Some(_) => return Err(Rejection::BadClaim(groups_claim.to_string())),
     };
+    // RFC 9068 names the client `client_id`; many providers put it in `azp`, and Okta's
+    // authorization servers in `cid`.
     let client_id = match string("client_id")? {
         Some(c) => Some(c),
-        None => string("azp")?,
+        None => match string("azp")? {
+            Some(c) => Some(c),
+            None => string("cid")?,
+        },
     };
     Ok(Identity {
         subject,

@@ -359,3 +359,37 @@ async fn verified_tokens_are_cached_and_tampering_is_not() {
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
     assert!(check(&v, &tampered).await.is_err());
 }
+
+#[tokio::test]
+async fn the_client_is_read_from_client_id_then_azp_then_okta_cid() {
+    let keys = Keys::new();
+    let v = verifier(&keys);
+    let base = claims();
+    for (field, value) in [("client_id", "a"), ("azp", "b"), ("cid", "c")] {
+        let mut c = base.clone();
+        let map = c.as_object_mut().unwrap();
+        map.remove("client_id");
+        map.insert(field.into(), json!(value));
+        let id = check(&v, &keys.sign(&header("ES256", "es-1"), &c))
+            .await
+            .unwrap();
+        assert_eq!(id.client_id.as_deref(), Some(value), "{field}");
+    }
+    // client_id wins over the others.
+    let mut c = base.clone();
+    c["azp"] = json!("other");
+    c["cid"] = json!("other");
+    let id = check(&v, &keys.sign(&header("ES256", "es-1"), &c))
+        .await
+        .unwrap();
+    assert_eq!(id.client_id.as_deref(), Some("gatehouse-cli"));
+    // Not a string: refused, not guessed.
+    let mut c = base.clone();
+    c.as_object_mut().unwrap().remove("client_id");
+    c["cid"] = json!(42);
+    assert!(
+        check(&v, &keys.sign(&header("ES256", "es-1"), &c))
+            .await
+            .is_err()
+    );
+}

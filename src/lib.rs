@@ -14,6 +14,7 @@ pub mod certs;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod http_token;
 pub mod identity;
 pub mod policy;
 pub mod proxy;

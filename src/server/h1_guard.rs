@@ -274,7 +274,7 @@ fn analyse_head(head: &[u8]) -> Result<State, &'static str> {
         let colon = memchr(b':', line).ok_or("header line without ':'")?;
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
-        if name.iter().any(|&b| !TOKEN[usize::from(b)]) {
+        if !crate::http_token::is_token(name) {
             return Err("invalid character in header name");
         }
         // Tabs are allowed in values: only look byte by byte when the fast test finds any.
@@ -331,35 +331,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
     }
     v
 }
-
-/// RFC 9110 `tchar`, by byte.
-const TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        i += 1;
-    }
-    t
-};
 
 /// Whether any byte is a control character (below 0x20, or DEL), eight bytes at a time:
 /// heads carry long tokens and cookies, and this runs on every request.

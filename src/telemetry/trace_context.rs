@@ -237,7 +237,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 pub fn baggage_with(existing: &HeaderMap, entries: &[(&str, &str)]) -> Option<HeaderValue> {
     let ours: Vec<String> = entries
         .iter()
-        .filter(|(k, _)| is_token(k.as_bytes()))
+        .filter(|(k, _)| crate::http_token::is_token(k.as_bytes()))
         .map(|(k, v)| format!("{k}={}", percent_encode(v)))
         .collect();
     // The gateway's entries always go out; the client's fill what the limits leave.
@@ -292,7 +292,7 @@ fn baggage_member(member: &[u8]) -> Option<(&[u8], String)> {
     let eq = first.iter().position(|b| *b == b'=')?;
     let key = trim_ows(&first[..eq]);
     let value = trim_ows(&first[eq + 1..]);
-    if !is_token(key) || !value.iter().all(|b| is_baggage_octet(*b)) {
+    if !crate::http_token::is_token(key) || !value.iter().all(|b| is_baggage_octet(*b)) {
         return None;
     }
     let mut text = Vec::with_capacity(member.len());
@@ -302,13 +302,13 @@ fn baggage_member(member: &[u8]) -> Option<(&[u8], String)> {
     for property in parts {
         let property = trim_ows(property);
         match property.iter().position(|b| *b == b'=') {
-            None if is_token(property) => {
+            None if crate::http_token::is_token(property) => {
                 text.push(b';');
                 text.extend_from_slice(property);
             }
             Some(eq) => {
                 let (pk, pv) = (trim_ows(&property[..eq]), trim_ows(&property[eq + 1..]));
-                if !is_token(pk) || !pv.iter().all(|b| is_baggage_octet(*b)) {
+                if !crate::http_token::is_token(pk) || !pv.iter().all(|b| is_baggage_octet(*b)) {
                     return None;
                 }
                 text.push(b';');
@@ -322,31 +322,6 @@ fn baggage_member(member: &[u8]) -> Option<(&[u8], String)> {
     // Only ASCII was accepted above.
     let text = String::from_utf8(text).ok()?;
     Some((key, text))
-}
-
-/// RFC 7230 `token`.
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 /// W3C baggage `baggage-octet`: printable ASCII except space, `"`, `,`, `;` and `\`.

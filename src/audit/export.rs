@@ -1196,18 +1196,8 @@ fn list_cell(out: &mut Vec<u8>, scratch: &mut String, items: &[Text<'_>]) {
 }
 
 fn number(out: &mut Vec<u8>, n: Option<u64>) {
-    if let Some(mut n) = n {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[i..]);
+    if let Some(n) = n {
+        super::record::json_u64(out, n);
     }
 }
 

@@ -337,7 +337,8 @@ fn json_bool(out: &mut Vec<u8>, v: bool) {
     out.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
-fn json_u64(out: &mut Vec<u8>, mut n: u64) {
+/// Decimal digits of `n` (the JSON and CSV writers share it).
+pub(crate) fn json_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

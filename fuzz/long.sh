@@ -31,14 +31,17 @@ run() {
     -print_final_stats=1 -artifact_prefix="artifacts/$target/" > "$log" 2>&1
   local status=$?
   set -e
-  local runs cov ft corpus crashes
+  local runs cov ft corpus crashes slow
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
   cov="$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)"
   ft="$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)"
   corpus="$(grep -oE 'corp: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)"
-  crashes="$(find "artifacts/$target" -type f -newer "$out" | wc -l)"
-  printf '%-16s exit=%s runs=%s cov=%s ft=%s corpus=%s new_crashes=%s\n' \
-    "$target" "$status" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corpus:-?}" "$crashes" >> "$out"
+  # Crashes, leaks, timeouts and out-of-memory inputs; slow units (over 10 s, which a
+  # stopped or starved process also produces) are counted apart.
+  crashes="$(find "artifacts/$target" -type f -newer "$out" \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)"
+  slow="$(find "artifacts/$target" -type f -newer "$out" -name 'slow-unit-*' | wc -l)"
+  printf '%-16s exit=%s runs=%s cov=%s ft=%s corpus=%s new_crashes=%s slow_units=%s\n' \
+    "$target" "$status" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corpus:-?}" "$crashes" "$slow" >> "$out"
   if [ "$status" -ne 0 ]; then tail -60 "$log" > "$out.$target.crash"; fi
 }
 

@@ -425,7 +425,12 @@ impl Writer {
                 rx.try_recv().ok()
             } else {
                 match rx.recv().await {
-                    Some(m) => Some(m),
+                    Some(m) => {
+                        // Group commit: let the other tasks that are ready run first, so
+                        // their records join this batch and one write serves them all.
+                        tokio::task::yield_now().await;
+                        Some(m)
+                    }
                     None => break,
                 }
             };

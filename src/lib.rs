@@ -18,6 +18,7 @@ pub mod http_token;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod random;
 pub mod server;
 pub mod telemetry;
 pub mod webhook;

@@ -225,6 +225,8 @@ pub struct Arrival<'a> {
     pub start: Instant,
     pub request_id: &'a HeaderValue,
     pub peer: SocketAddr,
+    /// `peer` as text, formatted once per connection.
+    pub peer_text: &'a str,
     pub trusted: bool,
     pub method: &'a http::Method,
     pub path: &'a str,
@@ -241,6 +243,7 @@ impl<'a> Arrival<'a> {
         start: Instant,
         request_id: &'a HeaderValue,
         peer: SocketAddr,
+        peer_text: &'a str,
         trusted: bool,
         method: &'a http::Method,
         path: &'a str,
@@ -252,6 +255,7 @@ impl<'a> Arrival<'a> {
             start,
             request_id,
             peer,
+            peer_text,
             trusted,
             method,
             path,
@@ -290,7 +294,7 @@ pub fn record(draft: &mut Draft, arrival: &Arrival<'_>, status: Option<u16>) -> 
         trace_id: arrival.trace_id.clone(),
         identity: draft.identity.take(),
         source: Some(Source {
-            addr: arrival.peer.to_string(),
+            addr: arrival.peer_text.to_string(),
             trusted_proxy: arrival.trusted,
             forwarded_for,
         }),
@@ -308,10 +312,7 @@ pub fn record(draft: &mut Draft, arrival: &Arrival<'_>, status: Option<u16>) -> 
 }
 
 fn new_id() -> String {
-    super::request_id::generate()
-        .to_str()
-        .unwrap_or_default()
-        .to_string()
+    super::request_id::generate_string()
 }
 
 /// Writes the `outcome` record of a forwarded request when its response is done (or

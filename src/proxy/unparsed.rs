@@ -73,13 +73,10 @@ impl Gateway {
         self.metrics.rejected(unparsed.label);
         let record = Record {
             time: timestamp(std::time::SystemTime::now()),
-            id: super::request_id::generate()
-                .to_str()
-                .unwrap_or_default()
-                .to_string(),
+            id: super::request_id::generate_string(),
             kind: Kind::Request.as_str().to_string(),
             source: Some(Source {
-                addr: down.peer.to_string(),
+                addr: down.peer_text.to_string(),
                 trusted_proxy: down.is_trusted(&rt.config.server.trusted_proxies),
                 forwarded_for: None,
             }),

@@ -14,8 +14,8 @@
 //! - Baggage is rewritten rather than appended to: entries under `gatehouse.` are the
 //!   gateway's to set, so a client's are removed, and the limits of the specification are met
 //!   by giving up the client's entries, never the gateway's.
-//! - Ids come from `aws_lc_rs::rand` (the gateway's random source elsewhere), so no new
-//!   dependency is needed.
+//! - Ids come from the per-thread generator in `crate::random`: they must be unique and
+//!   random (the specification's SHOULD) but guard nothing, so they cost no DRBG call.
 
 use http::header::{HeaderMap, HeaderValue};
 
@@ -161,18 +161,8 @@ pub fn new_span_id() -> [u8; 8] {
 
 fn random_nonzero<const N: usize>() -> [u8; N] {
     let mut id = [0u8; N];
-    for _ in 0..4 {
-        if aws_lc_rs::rand::fill(&mut id).is_ok() && id != [0; N] {
-            return id;
-        }
-    }
-    // The system's generator failed: a UUIDv7's random bits still make a usable id (its
-    // version and variant bits keep it from being zero).
-    let uuid = uuid::Uuid::now_v7();
-    let bytes = uuid.as_bytes();
-    id.copy_from_slice(&bytes[16 - N..]);
-    if id == [0; N] {
-        id[N - 1] = 1;
+    while id == [0; N] {
+        crate::random::fill(&mut id);
     }
     id
 }

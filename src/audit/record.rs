@@ -450,8 +450,47 @@ pub fn cap_list(values: &[String], field: &str, truncated: &mut Vec<String>) -> 
 
 /// RFC 3339 UTC with microseconds (`2026-11-01T12:00:00.123456Z`), written directly: every
 /// request formats two of these, and chrono's format strings cost more than the rest of the
-/// record.
+/// record. The date and time of day change once a second, so each thread keeps the last
+/// second's text and writes only the microseconds.
 pub fn timestamp(t: std::time::SystemTime) -> String {
+    use std::cell::Cell;
+    thread_local! {
+        /// (seconds since the epoch, `YYYY-MM-DDTHH:MM:SS` for them); seconds = u64::MAX: unset.
+        static LAST: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
+        return timestamp_uncached(t);
+    };
+    let secs = since.as_secs();
+    let prefix = LAST.with(|last| {
+        let (cached, text) = last.get();
+        if cached == secs {
+            return Some(text);
+        }
+        let full = timestamp_uncached(t);
+        let text: [u8; 19] = full.as_bytes().get(..19)?.try_into().ok()?;
+        // Years past 9999 are longer; they are never cached.
+        (full.len() == 27).then(|| {
+            last.set((secs, text));
+            text
+        })
+    });
+    let Some(prefix) = prefix else {
+        return timestamp_uncached(t);
+    };
+    let mut b = [0u8; 27];
+    b[..19].copy_from_slice(&prefix);
+    b[19] = b'.';
+    let mut us = since.subsec_micros();
+    for i in (20..26).rev() {
+        b[i] = b'0' + (us % 10) as u8;
+        us /= 10;
+    }
+    b[26] = b'Z';
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn timestamp_uncached(t: std::time::SystemTime) -> String {
     use chrono::{Datelike, Timelike};
     let dt: chrono::DateTime<chrono::Utc> = t.into();
     let (y, mo, d) = (dt.year(), dt.month(), dt.day());

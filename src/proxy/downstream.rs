@@ -23,6 +23,8 @@ pub struct Downstream {
     pub activity: Arc<Activity>,
     /// The peer address, ready to be used as a header value.
     pub peer_ip: HeaderValue,
+    /// `ip:port` of the peer, as audit records give it (formatted once per connection).
+    pub peer_text: Box<str>,
     /// Keeps the connection counted (connection limit, drain on shutdown) while anything
     /// that outlives the HTTP exchange, such as a WebSocket tunnel, still uses it.
     pub conn_guard: Arc<dyn std::any::Any + Send + Sync>,
@@ -45,6 +47,7 @@ impl Downstream {
             activity: Arc::new(Activity::new()),
             peer_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            peer_text: peer.to_string().into_boxed_str(),
             conn_guard,
         }
     }

@@ -256,6 +256,7 @@ impl Gateway {
             start,
             &request_id,
             down.peer,
+            &down.peer_text,
             trusted,
             &method,
             uri.path(),
@@ -266,7 +267,7 @@ impl Gateway {
             span: trace.span(
                 self.tracer.as_ref(),
                 method.as_str(),
-                &down.peer.ip().to_string(),
+                down.peer_ip.to_str().unwrap_or("unknown"),
             ),
             ..audit::Draft::default()
         };

@@ -21,6 +21,9 @@ use crate::proxy::Gateway;
 use crate::proxy::downstream::Downstream;
 use crate::proxy::unparsed::Unparsed;
 
+/// The header count hyper enforces when no limit is set (`proto::h1::role`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Per-connection protocol settings, taken from the configuration current at accept time.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
@@ -160,8 +163,12 @@ async fn run<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read)
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(settings.max_headers)
         .keep_alive(true);
+    // hyper parses into a stack array of 100 headers unless a limit is set, and then into a
+    // heap vector per request: set it only when it differs.
+    if settings.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(settings.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -9,10 +9,12 @@
 //! reads have the right types; and it is not an ID token (a `nonce` claim, a `typ` claim of
 //! `ID` as Keycloak marks them, or a header `typ`
 //! other than JWT/at+jwt). Verified tokens are cached by their SHA-256 until they expire
-//! (at most five minutes), so repeated requests skip the signature check.
+//! (at most five minutes), so repeated requests skip the signature check. When the cache is
+//! full, the tokens not presented since the last sweep make room (at most one sweep a second),
+//! so a burst of one-off tokens cannot push out the ones in steady use.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aws_lc_rs::digest;
 use dashmap::DashMap;
@@ -80,14 +82,19 @@ impl Rejection {
 struct Cached {
     identity: Arc<Identity>,
     until: u64,
+    /// Set by a hit, cleared by a sweep: what was not used since the last sweep is evicted
+    /// first when the cache is full (second chance), so tokens in use stay cached however
+    /// many other tokens arrive.
+    used: AtomicBool,
 }
 
 /// Verifies bearer JWTs against every configured issuer.
 pub struct BearerVerifier {
     issuers: Vec<Arc<JwtIssuer>>,
     cache: DashMap<[u8; 32], Cached>,
+    capacity: usize,
     /// When the full cache was last swept (seconds): at most one O(n) sweep a second, so
-    /// a full cache of unexpired tokens does not make every miss walk it.
+    /// a full cache does not make every miss walk it.
     swept: AtomicU64,
     metrics: Arc<IdentityMetrics>,
 }
@@ -97,9 +104,17 @@ impl BearerVerifier {
         BearerVerifier {
             issuers,
             cache: DashMap::new(),
+            capacity: CACHE_CAPACITY,
             swept: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// A smaller cache, so tests can fill it.
+    #[cfg(test)]
+    fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     pub fn issuers(&self) -> &[Arc<JwtIssuer>] {
@@ -114,20 +129,27 @@ impl BearerVerifier {
             && hit.until > now
         {
             self.metrics.token_cache(true);
+            // Read first: a token in steady use costs no write to a shared cache line.
+            if !hit.used.load(Ordering::Relaxed) {
+                hit.used.store(true, Ordering::Relaxed);
+            }
             return Ok(hit.identity.clone());
         }
         self.metrics.token_cache(false);
         let (identity, exp) = self.verify_uncached(token, now).await?;
         let identity = Arc::new(identity);
-        if self.cache.len() >= CACHE_CAPACITY && self.swept.swap(now, Ordering::Relaxed) != now {
-            self.cache.retain(|_, c| c.until > now);
+        if self.cache.len() >= self.capacity && self.swept.swap(now, Ordering::Relaxed) != now {
+            // Expired tokens go, and so do those nobody presented since the last sweep.
+            self.cache
+                .retain(|_, c| c.until > now && c.used.swap(false, Ordering::Relaxed));
         }
-        if self.cache.len() < CACHE_CAPACITY {
+        if self.cache.len() < self.capacity {
             self.cache.insert(
                 key,
                 Cached {
                     identity: identity.clone(),
                     until: exp.min(now + CACHE_TTL),
+                    used: AtomicBool::new(false),
                 },
             );
         }

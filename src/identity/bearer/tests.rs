@@ -361,6 +361,49 @@ async fn verified_tokens_are_cached_and_tampering_is_not() {
 }
 
 #[tokio::test]
+async fn a_full_cache_makes_room_for_tokens_in_use_not_for_one_off_tokens() {
+    let keys = Keys::new();
+    let v = verifier(&keys).with_capacity(3);
+    let token = |n: u32| {
+        let mut c = claims();
+        c["jti"] = json!(format!("token-{n}"));
+        keys.sign(&header("ES256", "es-1"), &c)
+    };
+    let one_off: Vec<String> = (0..3).map(token).collect();
+    let steady = token(99);
+    // One-off tokens fill the cache before the steady client's token is first seen.
+    for t in &one_off {
+        check(&v, t).await.unwrap();
+    }
+    assert_eq!(v.cache.len(), 3);
+    let first = check(&v, &steady).await.unwrap();
+    let again = check(&v, &steady).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the steady token must be cached although one-off tokens had filled the cache"
+    );
+    // Within the same second no second sweep runs, but the steady token, presented again,
+    // survives the next one while tokens nobody presented again do not.
+    assert_eq!(v.cache.len(), 1, "the unused one-off tokens were evicted");
+    let later = token(100);
+    check(&v, &later).await.unwrap();
+    check(&v, &token(101)).await.unwrap();
+    assert_eq!(v.cache.len(), 3);
+    v.swept.store(0, std::sync::atomic::Ordering::Relaxed);
+    check(&v, &token(102)).await.unwrap();
+    let still = check(&v, &steady).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &still),
+        "a token in use survives a sweep"
+    );
+    assert_eq!(
+        v.cache.len(),
+        2,
+        "the sweep kept the steady token and made room for the newest"
+    );
+}
+
+#[tokio::test]
 async fn the_client_is_read_from_client_id_then_azp_then_okta_cid() {
     let keys = Keys::new();
     let v = verifier(&keys);

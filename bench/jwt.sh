@@ -244,10 +244,15 @@ gh_metric() { # sample prefix
 }
 
 # Sanity: both accept the token, refuse a tampered one and one without the group's role.
+# The tampered token differs in the signature's first character: changing the last one may
+# only touch base64 padding bits, which a lenient decoder ignores (the token stays valid).
+sig=${TOKEN##*.}
+if [ "${sig:0:1}" = A ]; then swap=B; else swap=A; fi
+TAMPERED="${TOKEN%.*}.$swap${sig:1}"
 for name in haproxy gatehouse; do
     port=$HA_PORT; [ $name = gatehouse ] && port=$GH_PORT
     ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/")
-    bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN%?}A" "http://127.0.0.1:$port/")
+    bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TAMPERED" "http://127.0.0.1:$port/")
     none=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
     log "check $name: valid token $ok, tampered $bad, none $none"
     [ "$ok" = 200 ] && [ "$bad" != 200 ] && [ "$none" != 200 ] || { tail -20 "$TMP/gatehouse/log" >&2; exit 1; }

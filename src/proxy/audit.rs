@@ -155,7 +155,7 @@ pub async fn write_first(
     log: &AuditLog,
     draft: &mut Draft,
     arrival: &Arrival<'_>,
-    what: &str,
+    what: impl std::fmt::Display + Send,
 ) -> Result<(), super::error::ProxyError> {
     let record = record(draft, arrival, None);
     let id = record.id.clone();
@@ -269,6 +269,15 @@ impl<'a> Arrival<'a> {
                 None
             },
         }
+    }
+}
+
+/// "a request to route NAME", formatted only if it is refused.
+pub struct RouteRequest<'a>(pub &'a str);
+
+impl std::fmt::Display for RouteRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a request to route {}", self.0)
     }
 }
 

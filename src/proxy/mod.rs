@@ -600,8 +600,8 @@ impl Gateway {
         // Stage 7: the decision is on record before anything is forwarded.
         match route.config.audit {
             AuditRequirement::Required => {
-                let what = format!("a request to route {}", route.config.name);
-                if let Err(error) = audit::write_first(&self.audit, draft, arrival, &what).await {
+                let what = audit::RouteRequest(&route.config.name);
+                if let Err(error) = audit::write_first(&self.audit, draft, arrival, what).await {
                     return Err(Failure {
                         error,
                         route: Some(route),

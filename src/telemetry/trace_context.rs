@@ -17,14 +17,14 @@
 //! - Ids come from the per-thread generator in `crate::random`: they must be unique and
 //!   random (the specification's SHOULD) but guard nothing, so they cost no DRBG call.
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// `traceparent`.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate`.
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// `baggage`.
-pub const BAGGAGE: &str = "baggage";
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// The W3C limits for a `baggage` header.
 pub const BAGGAGE_MAX_ENTRIES: usize = 64;
@@ -347,13 +347,10 @@ mod tests {
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(
-                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            map.append(k.clone(), HeaderValue::from_str(v).unwrap());
         }
         map
     }

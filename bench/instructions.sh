@@ -212,7 +212,11 @@ callgrind_run() { # name url count-fn pid-to-control -> prints "instructions req
 }
 
 log "# instructions and system calls per request, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-log "gatehouse: $(git -C "$REPO" rev-parse --short=12 HEAD)$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock | grep -q . && echo ' + uncommitted changes'), binary $GATEHOUSE_BIN"
+if [ "$BUILD" = 1 ]; then
+    log "gatehouse: $(git -C "$REPO" rev-parse --short=12 HEAD)$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock | grep -q . && echo ' + uncommitted changes'), binary $GATEHOUSE_BIN"
+else
+    log "gatehouse: prebuilt binary $GATEHOUSE_BIN ($(date -r "$GATEHOUSE_BIN" '+%F %T'); HEAD is $(git -C "$REPO" rev-parse --short=12 HEAD))"
+fi
 log "plan:      warm-up $WARMUP requests, then $REQUESTS measured, wrk -t1 -c$CONNS, upstream nginx (13-byte body), gatehouse with TOKIO_WORKER_THREADS=1 and the audit log on (batch fsync, signed checkpoints)"
 log "$(valgrind --version), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
 log ""

@@ -27,6 +27,8 @@ usage: bench/instructions.sh [options]
   --top N           functions to list (default 25)
   --out FILE        results file (default bench/results/instructions-<date>.txt)
   --keep FILE       keep gatehouse's callgrind output (for callgrind_annotate --tree=caller)
+  --bearer          gatehouse's route requires a bearer JWT (RS256, one token reused, as in
+                    bench/jwt.sh) and a policy decision; nginx still proxies without one
 EOF
 }
 
@@ -40,6 +42,7 @@ NGINX=1
 TOP=25
 OUT=""
 KEEP=""
+BEARER=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --requests) REQUESTS=$2; shift 2 ;;
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
         --top) TOP=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=$2; shift 2 ;;
+        --bearer) BEARER=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -77,6 +81,9 @@ TARGET_DIR=${BENCH_TARGET_DIR:-$REPO/target/bench}
 if [ "$BUILD" = 1 ]; then
     echo "building (cargo build --release --bin gatehouse) into $TARGET_DIR ..." >&2
     (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet --bin gatehouse) >&2
+fi
+if [ "$BEARER" = 1 ] && [ ! -x "$TARGET_DIR/release/examples/bench_jwt_tokens" ]; then
+    (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet --example bench_jwt_tokens) >&2
 fi
 [ -n "$GATEHOUSE_BIN" ] || GATEHOUSE_BIN="$TARGET_DIR/release/gatehouse"
 [ -x "$GATEHOUSE_BIN" ] || { echo "no gatehouse binary at $GATEHOUSE_BIN" >&2; exit 2; }
@@ -111,21 +118,48 @@ EOF
     PIDS+=("$NGINX_PID")
 }
 
+mkdir -p "$TMP/gatehouse"
+"$GATEHOUSE_BIN" certs dev --out "$TMP/certs" --host localhost --host 127.0.0.1 >/dev/null 2>&1
+# --bearer: an RS256 key, its JWKS (served over TLS by the upstream's nginx) and one token.
+JWKS_SERVER=""
+WRK_AUTH=()
+if [ "$BEARER" = 1 ]; then
+    mkdir -p "$TMP/keys"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/keys/key.pem" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$TMP/keys/key.pem" -outform DER -out "$TMP/keys/key.der"
+    "$TARGET_DIR/release/examples/bench_jwt_tokens" RS256 "$TMP/keys/key.der" https://idp.bench.test \
+        gatehouse 1 "$TMP/keys/jwks.json" "$TMP/keys/tokens.txt"
+    chmod a+x "$TMP" "$TMP/keys"
+    chmod a+r "$TMP/keys/jwks.json"
+    WRK_AUTH=(-H "Authorization: Bearer $(head -1 "$TMP/keys/tokens.txt")")
+    JWKS_PORT=$(free_port)
+    JWKS_SERVER="
+    server {
+        listen 127.0.0.1:$JWKS_PORT ssl;
+        access_log off;
+        ssl_certificate $TMP/certs/server.crt;
+        ssl_certificate_key $TMP/certs/server.key;
+        location = /jwks.json { default_type application/json; alias $TMP/keys/jwks.json; }
+    }"
+fi
+
 # The upstream counts what reaches it (one access-log line per request).
 UP_PORT=$(free_port)
 start_nginx "$TMP/upstream" "    access_log $TMP/upstream/access.log;
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { default_type text/plain; return 200 \"hello, world\\n\"; }
-    }"
+    }$JWKS_SERVER"
 wait_port "$UP_PORT" 10
 upstream_count() { wc -l <"$TMP/upstream/access.log"; }
 
 # wrk runs until the upstream has seen N more requests (its access log), then is stopped:
 # wrk itself only knows durations.
-load() { # url requests
-    local target=$(( $(upstream_count) + $2 ))
-    setsid wrk -t1 -c"$CONNS" -d600s "$1" >"$TMP/wrk.out" 2>&1 &
+load() { # url requests [wrk options]
+    local url=$1 n=$2
+    shift 2
+    local target=$(( $(upstream_count) + n ))
+    setsid wrk -t1 -c"$CONNS" -d600s "$@" "$url" >"$TMP/wrk.out" 2>&1 &
     local wrk=$!
     WRK_PGID=$wrk
     while [ "$(upstream_count)" -lt "$target" ]; do
@@ -135,16 +169,36 @@ load() { # url requests
     kill -INT "$wrk" 2>/dev/null || true
     wait "$wrk" 2>/dev/null || true
     WRK_PGID=""
-    if grep -q "Non-2xx\|Socket errors" "$TMP/wrk.out"; then
+    # Timeouts are left out: wrk counts a slow answer (valgrind, a first JWKS fetch) as one.
+    if grep -q "Non-2xx" "$TMP/wrk.out" ||
+        grep -Eq "Socket errors: connect [1-9]|read [1-9]|write [1-9]" "$TMP/wrk.out"; then
         cat "$TMP/wrk.out" >&2
         echo "wrk saw errors" >&2
         return 1
     fi
 }
 
-mkdir -p "$TMP/gatehouse"
 "$GATEHOUSE_BIN" audit keygen --out "$TMP/gatehouse/audit.pem" >/dev/null
-"$GATEHOUSE_BIN" certs dev --out "$TMP/certs" --host 127.0.0.1 >/dev/null 2>&1
+ROUTE_AUTH="public = true"
+BEARER_CONF=""
+if [ "$BEARER" = 1 ]; then
+    mkdir -p "$TMP/gatehouse/policies"
+    printf '%s\n' "roles:" "  developer:" "    groups: [engineering]" "rules:" \
+        "  - id: developers" "    route: bench" "    roles: [developer]" >"$TMP/gatehouse/policies/bench.yaml"
+    ROUTE_AUTH='auth = ["bearer"]'
+    BEARER_CONF="
+[[identity.jwt]]
+issuer = \"https://idp.bench.test\"
+audiences = [\"gatehouse\"]
+algorithms = [\"RS256\"]
+jwks_uri = \"https://localhost:$JWKS_PORT/jwks.json\"
+ca_file = \"$TMP/certs/ca.crt\"
+
+[policy]
+dir = \"$TMP/gatehouse/policies\"
+watch = false
+"
+fi
 GH_PORT=$(free_port)
 GH_METRICS=$(free_port)
 cat >"$TMP/gatehouse/gatehouse.toml" <<EOF
@@ -161,6 +215,7 @@ cert_file = "$TMP/certs/server.crt"
 key_file = "$TMP/certs/server.key"
 watch = false
 
+$BEARER_CONF
 [audit]
 dir = "$TMP/gatehouse/audit"
 replica = "bench"
@@ -172,7 +227,7 @@ kind = "plain"
 hosts = ["*"]
 path_prefix = "/"
 upstream = "http://127.0.0.1:$UP_PORT"
-public = true
+$ROUTE_AUTH
 EOF
 "$GATEHOUSE_BIN" check --config "$TMP/gatehouse/gatehouse.toml" >/dev/null
 start_gatehouse() { # prefix command...
@@ -192,13 +247,14 @@ stop_pid() {
 # ---------------------------------------------------------------------------------------
 # instructions (callgrind): counting starts after the warm-up (callgrind_control --zero)
 
-callgrind_run() { # name url count-fn pid-to-control -> prints "instructions requests"
+callgrind_run() { # name url count-fn pid-to-control [wrk options] -> "instructions requests file"
     local name=$1 url=$2 count=$3 pid=$4
-    load "$url" "$WARMUP"
+    shift 4
+    load "$url" "$WARMUP" "$@"
     local before
     before=$($count)
     callgrind_control --zero "$pid" >/dev/null
-    load "$url" "$REQUESTS"
+    load "$url" "$REQUESTS" "$@"
     callgrind_control --dump "$pid" >/dev/null
     local after
     after=$($count)
@@ -217,6 +273,7 @@ if [ "$BUILD" = 1 ]; then
 else
     log "gatehouse: prebuilt binary $GATEHOUSE_BIN ($(date -r "$GATEHOUSE_BIN" '+%F %T'); HEAD is $(git -C "$REPO" rev-parse --short=12 HEAD))"
 fi
+[ "$BEARER" = 0 ] || log "bearer:    gatehouse's route requires a bearer JWT (RS256, one token on every request) and a policy decision"
 log "plan:      warm-up $WARMUP requests, then $REQUESTS measured, wrk -t1 -c$CONNS, upstream nginx (13-byte body), gatehouse with TOKIO_WORKER_THREADS=1 and the audit log on (batch fsync, signed checkpoints)"
 log "$(valgrind --version), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
 log ""
@@ -224,7 +281,7 @@ log ""
 VG=(valgrind --tool=callgrind --separate-threads=no --dump-instr=no --trace-children=no)
 
 start_gatehouse "${VG[@]}" --callgrind-out-file="$TMP/gatehouse.callgrind.out.%p"
-read -r gh_instr gh_req gh_file < <(callgrind_run gatehouse "http://127.0.0.1:$GH_PORT/" upstream_count "$GH_PID")
+read -r gh_instr gh_req gh_file < <(callgrind_run gatehouse "http://127.0.0.1:$GH_PORT/" upstream_count "$GH_PID" "${WRK_AUTH[@]}")
 stop_pid "$GH_PID"
 [ -z "$KEEP" ] || cp "$gh_file" "$KEEP"
 
@@ -245,15 +302,16 @@ fi
 # ---------------------------------------------------------------------------------------
 # system calls (strace -c, no valgrind): the same measured load
 
-strace_run() { # url count-fn pid -> "syscalls requests" and the table in $TMP/strace.<pid>
+strace_run() { # url count-fn pid [wrk options] -> "syscalls requests", table in $TMP/strace.<pid>
     local url=$1 count=$2 pid=$3
-    load "$url" "$WARMUP"
+    shift 3
+    load "$url" "$WARMUP" "$@"
     local before
     before=$($count)
     strace -c -f -p "$pid" -o "$TMP/strace.$pid" 2>/dev/null &
     local st=$!
     sleep 1
-    load "$url" "$REQUESTS"
+    load "$url" "$REQUESTS" "$@"
     kill -INT "$st"
     wait "$st" 2>/dev/null || true
     local after
@@ -265,7 +323,7 @@ strace_run() { # url count-fn pid -> "syscalls requests" and the table in $TMP/s
 }
 
 start_gatehouse
-read -r gh_calls gh_sreq < <(strace_run "http://127.0.0.1:$GH_PORT/" upstream_count "$GH_PID")
+read -r gh_calls gh_sreq < <(strace_run "http://127.0.0.1:$GH_PORT/" upstream_count "$GH_PID" "${WRK_AUTH[@]}")
 gh_strace="$TMP/strace.$GH_PID"
 stop_pid "$GH_PID"
 if [ "$NGINX" = 1 ]; then

@@ -369,15 +369,35 @@ fn forward_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Forward> {
 
 const FORWARD_COLUMNS: &str = "id, delivery, receiver, event, repo, body, pusher, state, attempts, next_at, last_error, created";
 
+/// The earliest `(text, received)` row at or after `since`. The window is applied here, not
+/// in SQL: SQLite re-prepares a statement whose bound value limits a range on an indexed
+/// column every time it runs, and a key matches one or two rows.
+fn earliest_since(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: &str,
+    since: i64,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    let mut earliest: Option<(String, i64)> = None;
+    let rows = stmt.query_map(params![key], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (text, at) = row?;
+        if at >= since && earliest.as_ref().is_none_or(|(_, first)| at < *first) {
+            earliest = Some((text, at));
+        }
+    }
+    Ok(earliest)
+}
+
 /// Records one delivery inside `tx` (see [`HookStore::receive`]).
 fn record(tx: &rusqlite::Transaction<'_>, d: &Delivery<'_>) -> rusqlite::Result<Received> {
     let since = d.now_ms - d.replay_window_ms;
-    let same_id: Option<(String, i64)> = tx
-        .prepare_cached(
-            "SELECT body_sha, received FROM deliveries WHERE delivery = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
-        )?
-        .query_row(params![d.id, since], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let same_id = earliest_since(
+        &mut tx.prepare_cached("SELECT body_sha, received FROM deliveries WHERE delivery = ?1")?,
+        d.id,
+        since,
+    )?;
     if let Some((body_sha, first)) = same_id {
         return Ok(if body_sha == d.body_sha {
             Received::Duplicate {
@@ -389,12 +409,11 @@ fn record(tx: &rusqlite::Transaction<'_>, d: &Delivery<'_>) -> rusqlite::Result<
             Received::Conflict
         });
     }
-    let same_body: Option<(String, i64)> = tx
-        .prepare_cached(
-            "SELECT delivery, received FROM deliveries WHERE body_sha = ?1 AND received >= ?2 ORDER BY received LIMIT 1",
-        )?
-        .query_row(params![d.body_sha, since], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let same_body = earliest_since(
+        &mut tx.prepare_cached("SELECT delivery, received FROM deliveries WHERE body_sha = ?1")?,
+        d.body_sha,
+        since,
+    )?;
     if let Some((delivery, first)) = same_body {
         return Ok(Received::Duplicate {
             delivery,
@@ -1044,5 +1063,23 @@ mod tests {
             store.receive(&later).unwrap(),
             Received::New { .. }
         ));
+        // The same body under a third id, after the window too: new, and from then on the
+        // replay of that one, not of the first (whose row is still there, outside the window).
+        let mut third = delivery("three", b"again", "h3", &[]);
+        third.now_ms += 1_000;
+        assert!(matches!(store.receive(&third).unwrap(), Received::New { .. }));
+        let mut fourth = delivery("four", b"again", "h3", &[]);
+        fourth.now_ms += 120_000;
+        assert!(matches!(store.receive(&fourth).unwrap(), Received::New { .. }));
+        let mut fifth = delivery("five", b"again", "h3", &[]);
+        fifth.now_ms += 121_000;
+        assert_eq!(
+            store.receive(&fifth).unwrap(),
+            Received::Duplicate {
+                delivery: "four".into(),
+                first_seen_ms: fourth.now_ms,
+                same_id: false
+            }
+        );
     }
 }

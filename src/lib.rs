@@ -20,5 +20,6 @@ pub mod policy;
 pub mod proxy;
 pub mod random;
 pub mod server;
+pub mod shared;
 pub mod telemetry;
 pub mod webhook;

@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     pub audit: Option<FileAudit>,
     pub webhooks: Option<FileWebhooks>,
+    pub redis: Option<FileRedis>,
     pub attribution: Option<Spanned<FileAttribution>>,
     pub telemetry: Option<super::telemetry::FileTelemetry>,
     #[serde(default)]
@@ -45,7 +46,7 @@ pub struct FileAttributedService {
 #[serde(deny_unknown_fields)]
 pub struct FileWebhooks {
     pub path: Option<Spanned<String>>,
-    pub store: Spanned<String>,
+    pub store: Option<Spanned<String>>,
     pub max_body: Option<Spanned<String>>,
     pub replay_window: Option<Spanned<String>>,
     pub commit_retention: Option<Spanned<String>>,
@@ -320,4 +321,16 @@ pub struct FileRouteTimeouts {
     pub connect: Option<Spanned<String>>,
     pub response: Option<Spanned<String>>,
     pub body_read: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    pub url: Spanned<String>,
+    pub username: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }

@@ -11,6 +11,7 @@ pub mod audit;
 mod error;
 mod file;
 pub mod identity;
+pub mod redis;
 pub mod secret;
 pub mod telemetry;
 pub mod units;
@@ -22,6 +23,7 @@ pub use identity::{
     AssertionConfig, BrokerCredential, GogsBroker, GroupsSource, IdentityConfig, JwtIssuerConfig,
     OidcConfig, OtlpBroker, RouteAuth, SessionConfig,
 };
+pub use redis::RedisConfig;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use telemetry::TracesConfig;
 pub use webhooks::{WebhookReceiver, WebhookSource, WebhooksConfig};
@@ -52,6 +54,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Gogs webhooks: received, verified, recorded and forwarded.
     pub webhooks: Option<WebhooksConfig>,
+    /// State shared by several replicas; embedded when absent.
+    pub redis: Option<RedisConfig>,
     /// Commit attribution of OTLP traffic (enrichment on by default when `[webhooks]` is).
     pub attribution: crate::attribution::AttributionConfig,
     /// Where the gateway sends its own spans (`[telemetry.traces]`).
@@ -494,7 +498,11 @@ impl Validator<'_> {
             watch: p.watch.unwrap_or(true),
         });
         let audit = self.audit(file.audit.as_ref());
-        let webhooks = file.webhooks.as_ref().and_then(|w| self.webhooks(w));
+        let redis = file.redis.as_ref().and_then(|r| self.redis(r));
+        let webhooks = file
+            .webhooks
+            .as_ref()
+            .and_then(|w| self.webhooks(w, file.redis.is_some()));
         let attribution = self.attribution(file.attribution.as_ref(), file.webhooks.is_some());
         let telemetry = file
             .telemetry
@@ -545,6 +553,7 @@ impl Validator<'_> {
             policy,
             audit,
             webhooks,
+            redis,
             attribution,
             telemetry,
             routes,

@@ -40,8 +40,9 @@ pub const EVENTS: &[&str] = &[
 pub struct WebhooksConfig {
     /// Where Gogs posts deliveries.
     pub path: String,
-    /// The SQLite file holding deliveries seen, commits, version markers and the outbox.
-    pub store: PathBuf,
+    /// The SQLite file holding deliveries seen, commits, version markers and the outbox;
+    /// `None` when they live in Redis (`[redis]`).
+    pub store: Option<PathBuf>,
     /// Checked before anything is hashed.
     pub max_body: u64,
     /// How long a delivery is remembered to recognise redeliveries and replays.
@@ -91,7 +92,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Validator<'_> {
-    pub(super) fn webhooks(&mut self, w: &FileWebhooks) -> Option<WebhooksConfig> {
+    pub(super) fn webhooks(&mut self, w: &FileWebhooks, redis: bool) -> Option<WebhooksConfig> {
         let path = match &w.path {
             Some(p) => {
                 let text = p.get_ref();
@@ -122,9 +123,20 @@ impl Validator<'_> {
                 sources.push(src);
             }
         }
+        match (&w.store, redis) {
+            (Some(s), true) => self.report(
+                s,
+                "webhooks.store",
+                "with [redis], deliveries, commits and the outbox live in Redis: remove store",
+            ),
+            (None, false) => self.report_unplaced(
+                "webhooks.store",
+                "store is required (the SQLite file for deliveries, commits and the outbox), unless [redis] is configured",
+            ),
+            _ => {}
+        }
         if w.sources.is_empty() {
-            self.report(
-                &w.store,
+            self.report_unplaced(
                 "webhooks.sources",
                 "no [[webhooks.sources]]: every delivery would be refused; add one with secret_env or secret_file",
             );
@@ -153,7 +165,7 @@ impl Validator<'_> {
         ) as u32;
         Some(WebhooksConfig {
             path,
-            store: self.path(w.store.get_ref()),
+            store: w.store.as_ref().map(|s| self.path(s.get_ref())),
             max_body: self.size(&w.max_body, "webhooks.max_body", defaults::MAX_BODY),
             replay_window: self.duration(
                 &w.replay_window,

@@ -266,6 +266,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// For metrics registered only when their feature is configured (`[redis]`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

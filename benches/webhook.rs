@@ -62,7 +62,7 @@ fn hooks(dir: &std::path::Path) -> Hooks {
     std::fs::write(&secret, SECRET).expect("secret");
     Hooks::build(&WebhooksConfig {
         path: "/.gatehouse/hooks/gogs".into(),
-        store: dir.join("hooks.sqlite"),
+        store: Some(dir.join("hooks.sqlite")),
         max_body: 1 << 20,
         replay_window: Duration::from_secs(30 * 86400),
         commit_retention: Duration::from_secs(400 * 86400),

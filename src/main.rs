@@ -443,7 +443,14 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     match gatehouse::telemetry::metrics::Metrics::new() {
         Ok(metrics) => {
-            match gatehouse::proxy::Runtime::build(config.clone(), &metrics) {
+            let revocations = match gatehouse::identity::revocation::Revocations::embedded() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("metrics: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match gatehouse::proxy::Runtime::build(config.clone(), &metrics, &revocations) {
                 Ok(_) => {}
                 // Each policy problem names its own file (and line): one per line, as is.
                 Err(gatehouse::proxy::RuntimeError::Policy(e)) => {
@@ -667,20 +674,51 @@ enum WebhooksCommand {
     },
 }
 
-fn webhook_store(config: &std::path::Path) -> anyhow::Result<gatehouse::webhook::SqliteStore> {
+/// The webhook store a configuration names, with the runtime a Redis store runs on.
+struct CliStore {
+    store: Box<dyn gatehouse::webhook::HookStore>,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn webhook_store(config: &std::path::Path) -> anyhow::Result<CliStore> {
     let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let w = config
         .webhooks
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{}: no [webhooks] section", config.source.display()))?;
+    if let Some(r) = &config.redis {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let redis = {
+            let _in_runtime = runtime.enter();
+            let metrics = gatehouse::shared::redis::RedisMetrics::unregistered()?;
+            gatehouse::shared::redis::Redis::connect(r, std::sync::Arc::new(metrics))?
+        };
+        return Ok(CliStore {
+            store: Box::new(gatehouse::webhook::RedisStore::new(std::sync::Arc::new(
+                redis,
+            ))),
+            _runtime: Some(runtime),
+        });
+    }
+    let path = w
+        .store
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{}: no webhooks.store", config.source.display()))?;
     // A mistyped path must not quietly become a new, empty store.
-    if !w.store.exists() {
+    if !path.exists() {
         anyhow::bail!(
             "{}: no webhook store there yet (the gateway creates it when it starts)",
-            w.store.display()
+            path.display()
         );
     }
-    Ok(gatehouse::webhook::SqliteStore::open(&w.store)?)
+    Ok(CliStore {
+        store: Box::new(gatehouse::webhook::SqliteStore::open(path)?),
+        _runtime: None,
+    })
 }
 
 fn webhooks_command(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
@@ -702,12 +740,12 @@ fn webhooks_command(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let store = webhook_store(&config)?;
-            webhooks::list(&store, state, limit, &mut std::io::stdout())?;
+            webhooks::list(&*store.store, state, limit, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         WebhooksCommand::Retry { id, config } => {
             let store = webhook_store(&config)?;
-            if webhooks::retry(&store, id)? {
+            if webhooks::retry(&*store.store, id)? {
                 println!("forward {id} is queued again");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -719,11 +757,13 @@ fn webhooks_command(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
         }
         WebhooksCommand::Commit { sha, config } => {
             let store = webhook_store(&config)?;
-            Ok(if webhooks::commit(&store, &sha, &mut std::io::stdout())? {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(
+                if webhooks::commit(&*store.store, &sha, &mut std::io::stdout())? {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
         }
     }
 }

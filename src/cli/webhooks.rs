@@ -1,14 +1,14 @@
 //! `gatehouse webhooks`: look into the webhook store of a gateway (running or not) and put
-//! dead letters back in the queue. The store is SQLite in WAL mode, so this reads and writes
-//! beside a running gateway, whose forwarder sees a requeued row within a second.
+//! dead letters back in the queue. The store is SQLite in WAL mode or Redis, so this reads and
+//! writes beside running gateways, whose forwarders see a requeued row within a second.
 
 use std::io::Write;
 
-use crate::webhook::store::{HookStore, Lookup, SqliteStore, State, StoreError};
+use crate::webhook::store::{HookStore, Lookup, State, StoreError};
 
 /// Prints the outbox (`state` = pending, delivered or dead; all when `None`).
 pub fn list(
-    store: &SqliteStore,
+    store: &dyn HookStore,
     state: Option<State>,
     limit: usize,
     out: &mut dyn Write,
@@ -45,12 +45,12 @@ pub fn list(
 }
 
 /// Requeues dead letter `id`; false if there is none with that id.
-pub fn retry(store: &SqliteStore, id: i64) -> Result<bool, StoreError> {
+pub fn retry(store: &dyn HookStore, id: i64) -> Result<bool, StoreError> {
     store.requeue(id, crate::webhook::now_ms())
 }
 
 /// Prints what the commit store knows of a SHA (or unambiguous prefix); false if nothing.
-pub fn commit(store: &SqliteStore, sha: &str, out: &mut dyn Write) -> Result<bool, StoreError> {
+pub fn commit(store: &dyn HookStore, sha: &str, out: &mut dyn Write) -> Result<bool, StoreError> {
     match store.commit(sha)? {
         Lookup::NotFound => {
             let _ = writeln!(out, "no commit {sha} in the store");

@@ -9,6 +9,7 @@ pub mod event;
 pub mod forward;
 pub mod metrics;
 pub mod receive;
+pub mod redis_store;
 pub mod signature;
 pub mod store;
 
@@ -20,6 +21,7 @@ use crate::config::secret::{Secret, SecretError};
 use crate::config::{WebhookReceiver, WebhookSource, WebhooksConfig};
 pub use forward::Forwarder;
 pub use metrics::WebhookMetrics;
+pub use redis_store::RedisStore;
 pub use store::{HookStore, SqliteStore};
 
 /// A repository glob: `owner/name`, case-insensitive, `*` within a segment, `**` across.

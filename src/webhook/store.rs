@@ -46,7 +46,8 @@ impl Pusher {
 }
 
 /// One pushed commit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CommitRecord {
     pub sha: String,
     /// `owner/name` as Gogs spells it.
@@ -139,7 +140,7 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> State {
+    pub(super) fn parse(s: &str) -> State {
         match s {
             "delivered" => State::Delivered,
             "dead" => State::Dead,

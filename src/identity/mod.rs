@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod outbound;
 pub mod pages;
 pub mod redirect;
+pub mod revocation;
 pub mod session;
 
 use std::sync::Arc;
@@ -109,6 +110,8 @@ pub struct Authenticator {
     pub metrics: Arc<IdentityMetrics>,
     /// Background JWKS refresh period (`identity.jwks_refresh`).
     pub jwks_refresh: std::time::Duration,
+    /// Signed-out sessions (outlive reloads: shared with the gateway).
+    pub revocations: Arc<revocation::Revocations>,
 }
 
 /// What authentication decided.
@@ -123,6 +126,7 @@ impl Authenticator {
     pub fn build(
         config: &IdentityConfig,
         metrics: Arc<IdentityMetrics>,
+        revocations: Arc<revocation::Revocations>,
     ) -> Result<Authenticator, IdentityBuildError> {
         let sessions = match &config.session {
             None => None,
@@ -180,6 +184,7 @@ impl Authenticator {
             assertion,
             metrics,
             jwks_refresh: config.jwks_refresh,
+            revocations,
         })
     }
 
@@ -252,6 +257,12 @@ impl Authenticator {
     async fn session(&self, parts: &Parts, auth: RouteAuth, host: &str) -> Option<Outcome> {
         let codec = self.sessions.as_ref()?;
         let session = codec.read(&parts.headers, host)?;
+        if self.revocations.is_revoked(&session.sid) {
+            tracing::info!(sub = %session.sub, "signed-out session presented; signing in again");
+            let mut c = challenge::unauthenticated(parts, auth, "session signed out");
+            c.clear_session(codec);
+            return Some(Outcome::Challenge(c));
+        }
         let now = session::now();
         match session.standing(now, &codec.config) {
             Standing::Valid => {

@@ -285,6 +285,16 @@ async fn logout(
             if !codec.check_csrf(&session, token) {
                 return Err(ProxyError::Forbidden("missing or invalid CSRF token"));
             }
+            // Refused from now on by every replica, including copies of the cookie.
+            let until = session
+                .created
+                .saturating_add(codec.config.absolute_lifetime.as_secs());
+            if let Err(e) = identity.revocations.revoke(&session.sid, until).await {
+                tracing::error!(sub = %session.sub, error = %e, "sign-out cannot be shared with the other replicas");
+                return Err(ProxyError::SharedStoreUnavailable(
+                    "the session store (so the sign-out cannot reach every replica)",
+                ));
+            }
             tracing::info!(sub = %session.sub, "signed out");
             draft.kind = Kind::Logout;
             draft.allow("signed out");

@@ -61,6 +61,8 @@ pub enum ProxyError {
     ExportBusy,
     #[error("the audit export failed: {0}")]
     ExportFailed(String),
+    #[error("{0} cannot be reached; try again shortly")]
+    SharedStoreUnavailable(&'static str),
     #[error("webhook refused: {message}")]
     WebhookRejected { status: u16, message: String },
 }
@@ -100,7 +102,7 @@ impl ProxyError {
             ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Forbidden(_) => StatusCode::FORBIDDEN,
             Unreadable(_) | BadQuery(_) => StatusCode::BAD_REQUEST,
-            ExportBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ExportBusy | SharedStoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ExportFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             WebhookRejected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -132,6 +134,7 @@ impl ProxyError {
             BadQuery(_) => "bad_query",
             ExportBusy => "export_busy",
             ExportFailed(_) => "export_failed",
+            SharedStoreUnavailable(_) => "store_unavailable",
             WebhookRejected { .. } => "webhook",
         }
     }

@@ -82,12 +82,17 @@ pub struct Runtime {
 impl Runtime {
     /// Builds routes, clients, brokers and the authenticator; reads secrets and keys. Makes no
     /// network calls (see [`Runtime::start`]).
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Runtime, RuntimeError> {
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        revocations: &Arc<crate::identity::revocation::Revocations>,
+    ) -> Result<Runtime, RuntimeError> {
         Ok(Runtime {
             routes: RouteTable::build(&config, metrics)?,
             identity: Arc::new(Authenticator::build(
                 &config.identity,
                 metrics.identity.clone(),
+                revocations.clone(),
             )?),
             policy: {
                 let store = crate::policy::PolicyStore::load(

@@ -52,6 +52,10 @@ pub enum ServeError {
     Audit(#[from] crate::audit::StartError),
     #[error("audit: no [audit] section")]
     NoAudit,
+    #[error("webhooks: no store (set [webhooks] store, or configure [redis])")]
+    NoWebhookStore,
+    #[error(transparent)]
+    Redis(#[from] crate::shared::redis::RedisError),
     #[error(transparent)]
     Traces(#[from] crate::telemetry::traces::TracesError),
 }
@@ -81,7 +85,30 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     let max_connections = config.server.max_connections;
     let grace = config.server.shutdown_grace;
     let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::from(&config)));
-    let runtime = Runtime::build(config.clone(), &metrics)?;
+    // State shared by replicas: connected lazily, so the gateway starts (and serves what
+    // needs no Redis) while Redis is down.
+    let redis = match &config.redis {
+        Some(r) => {
+            let redis_metrics = Arc::new(
+                crate::shared::redis::RedisMetrics::new(metrics.registry())
+                    .map_err(ServeError::Metrics)?,
+            );
+            Some(Arc::new(crate::shared::redis::Redis::connect(
+                r,
+                redis_metrics,
+            )?))
+        }
+        None => None,
+    };
+    let revocations = match &redis {
+        Some(r) => crate::identity::revocation::Revocations::shared(r.clone()),
+        None => crate::identity::revocation::Revocations::embedded(),
+    }
+    .map_err(ServeError::Metrics)?;
+    revocations
+        .register(metrics.registry())
+        .map_err(ServeError::Metrics)?;
+    let runtime = Runtime::build(config.clone(), &metrics, &revocations)?;
     // The audit log outlives reloads: one writer, one chain, for the life of the process.
     let audit_config = config.audit.as_ref().ok_or(ServeError::NoAudit)?;
     if audit_config.signing_key_file.is_none() {
@@ -100,6 +127,23 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     ));
     runtime.start();
     let (stop_tx, stop_rx) = watch::channel(false);
+    revocations.start(stop_rx.clone());
+    if let Some(r) = &redis {
+        let r = r.clone();
+        tokio::spawn(async move {
+            match r.aof_enabled().await {
+                Ok(true) => {
+                    tracing::info!(url = %r.url, "Redis reached; it keeps an append-only file")
+                }
+                Ok(false) => {
+                    tracing::warn!(url = %r.url, "Redis has appendonly off: a Redis restart loses webhook deliveries and revocations acknowledged since its last snapshot (see docs/operations.md)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis cannot be reached yet; webhook intake answers 503 until it can")
+                }
+            }
+        });
+    }
     // The gateway's own spans: the exporter lives as long as the process (changing
     // [telemetry.traces] needs a restart).
     let tracer = match &config.telemetry {
@@ -115,8 +159,11 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
     // out their lease (the longest receiver timeout + 30 s).
     let webhooks = match &config.webhooks {
         Some(w) => {
-            let store: Arc<dyn crate::webhook::HookStore> =
-                Arc::new(crate::webhook::SqliteStore::open(&w.store)?);
+            let store: Arc<dyn crate::webhook::HookStore> = match (&redis, &w.store) {
+                (Some(r), _) => Arc::new(crate::webhook::RedisStore::new(r.clone())),
+                (None, Some(path)) => Arc::new(crate::webhook::SqliteStore::open(path)?),
+                (None, None) => return Err(ServeError::NoWebhookStore),
+            };
             let hooks = Arc::new(arc_swap::ArcSwapOption::from(runtime.hooks.clone()));
             let forwarder = crate::webhook::Forwarder::start(
                 store.clone(),

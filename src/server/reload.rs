@@ -174,7 +174,17 @@ impl Reloader {
             .as_ref()
             .filter(|p| p.watch)
             .map(|p| p.dir.clone());
-        match Runtime::build(config, &metrics) {
+        if old.config.redis.as_ref().map(|r| (&r.url, &r.prefix))
+            != config.redis.as_ref().map(|r| (&r.url, &r.prefix))
+            || old.config.webhooks.as_ref().map(|w| &w.store)
+                != config.webhooks.as_ref().map(|w| &w.store)
+        {
+            tracing::warn!(
+                "[redis] or the webhook store changed; they take effect after a restart"
+            );
+        }
+        let revocations = old.identity.revocations.clone();
+        match Runtime::build(config, &metrics, &revocations) {
             Ok(rt) => {
                 let summary = format!(
                     "configuration reloaded from {} ({} routes); {}",

@@ -7,9 +7,11 @@
 pub mod csv;
 pub mod gateway;
 pub mod git_server;
+pub mod hooks;
 pub mod oidc;
 pub mod python;
 pub mod raw;
+pub mod redis;
 pub mod secrets;
 pub mod upstream;
 

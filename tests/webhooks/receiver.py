@@ -4,7 +4,9 @@ hmac. Listens on 127.0.0.1 (port 0 unless given), writes its port to PORT_FILE, 
 one JSON line per request to LOG_FILE.
 
 Paths: /ok answers 200; /flaky answers 500 to the first two attempts of each webhook-id, then
-200; /reject answers 400 until the file ACCEPT_FILE exists, then 200.
+200; /reject answers 400 until the file ACCEPT_FILE exists, then 200; /hang notes the attempt
+in LOG_FILE.started at once, then answers nothing until ACCEPT_FILE exists (at most 120 s),
+then 200.
 
 usage: receiver.py PORT_FILE LOG_FILE SECRET ACCEPT_FILE [PORT]
 """
@@ -17,6 +19,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import os
 import threading
+import time
 
 from standardwebhooks.webhooks import Webhook
 
@@ -51,6 +54,15 @@ class Handler(BaseHTTPRequestHandler):
             n = attempts[(self.path, wid)]
         if self.path == "/flaky":
             status = 500 if n <= 2 else 200
+        elif self.path == "/hang":
+            # Announce the attempt in flight, then hang.
+            with lock, open(log_file + ".started", "a") as f:
+                f.write(json.dumps({"path": self.path, "webhook_id": wid}) + "\n")
+            for _ in range(1200):
+                if os.path.exists(accept_file):
+                    break
+                time.sleep(0.1)
+            status = 200
         elif self.path == "/reject":
             status = 200 if os.path.exists(accept_file) else 400
         else:

@@ -1,0 +1,399 @@
+//! Two gateway processes sharing a real Redis (TLS, an ACL user, append-only file fsynced on
+//! every write), as replicas behind a load balancer would: a session signed in through one
+//! works on the other and signed out through either is refused by both; a webhook delivered
+//! to each is processed once; a forward in flight on a replica that is killed is delivered by
+//! the other; Redis killed and restarted loses nothing it acknowledged, webhook intake answers
+//! 503 while it is down and requests that need no Redis keep being served; and the two audit
+//! chains verify and export as one.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::hooks::*;
+use support::oidc::{AUDIENCE, OidcProvider, PASSWORD};
+use support::raw::exchange;
+use support::redis::RedisServer;
+use support::secrets::{ALLOW_ALL, Secrets};
+use support::{DevCa, GatewayBuilder, HOST, RecordingUpstream, Reply, TestGateway};
+
+const PUBLIC_HOST: &str = "other.example.test";
+
+fn cookie_header(outcome: &support::oidc::BrowserOutcome) -> String {
+    outcome
+        .cookies
+        .iter()
+        .filter(|c| c.name.starts_with("__Host-gatehouse"))
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `[audit]` for replica `name` (its own directory under `data`), `[webhooks]` without a store
+/// (it is in Redis) and `[redis]`.
+fn shared_toml(data: &Path, name: &str, redis: &str, receivers: &str) -> String {
+    let secret = data.join("source-secret");
+    std::fs::write(&secret, SOURCE_SECRET).unwrap();
+    let receiver_secret = data.join("receiver-secret");
+    std::fs::write(&receiver_secret, RECEIVER_SECRET).unwrap();
+    let key = data.join("audit.pem");
+    if !key.exists() {
+        support::gateway::write_audit_key(&key);
+    }
+    format!(
+        "[audit]\ndir = {audit:?}\nreplica = {name:?}\nsigning_key_file = {key:?}\n\
+[webhooks]\nretry_base = \"200ms\"\nretry_max = \"1s\"\nmax_attempts = 50\n\
+[[webhooks.sources]]\nname = \"gogs\"\nsecret_file = {secret:?}\n{receivers}{redis}",
+        audit = data.join(format!("audit-{name}")).display().to_string(),
+        key = key.display().to_string(),
+        secret = secret.display().to_string(),
+        receivers = receivers.replace(
+            "RECEIVER_SECRET_FILE",
+            &format!("{:?}", receiver_secret.display().to_string())
+        ),
+        redis = redis,
+    )
+}
+
+async fn get(gw: &TestGateway, ca: &DevCa, host: &str, path: &str, cookies: &str) -> (u16, String) {
+    let cookie = if cookies.is_empty() {
+        String::new()
+    } else {
+        format!("Cookie: {cookies}\r\n")
+    };
+    let r = exchange(
+        gw.https,
+        &ca.ca(),
+        host,
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}:{}\r\nAccept: text/html\r\n{cookie}Connection: close\r\n\r\n",
+            gw.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    (r.status().unwrap_or(0), r.text.clone())
+}
+
+async fn sign_out(gw: &TestGateway, ca: &DevCa, cookies: &str) -> (u16, String) {
+    let (status, page) = get(gw, ca, HOST, "/.gatehouse/logout", cookies).await;
+    assert_eq!(status, 200, "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("no CSRF token in the sign-out page")
+        .to_string();
+    let body = format!("csrf={csrf}");
+    let r = exchange(
+        gw.https,
+        &ca.ca(),
+        HOST,
+        format!(
+            "POST /.gatehouse/logout HTTP/1.1\r\nHost: {HOST}:{}\r\nCookie: {cookies}\r\nOrigin: https://{HOST}:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            gw.port(),
+            gw.port(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    (r.status().unwrap_or(0), r.text.clone())
+}
+
+fn sha(n: u32) -> String {
+    format!("{n:08x}{}", "c0ffee".repeat(6))
+        .chars()
+        .take(40)
+        .collect()
+}
+
+fn audit_cli(args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = support::run_with_timeout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(args),
+        60,
+    );
+    (ok, format!("{out}{err}"))
+}
+
+/// Whether `gatehouse webhooks commit` finds `sha` (and what it printed).
+fn commit_known(config: &Path, sha: &str) -> (bool, String) {
+    let (ok, out) = gatehouse(&["webhooks", "commit", sha], config);
+    (ok && out.contains(sha), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
+    let ca = DevCa::new();
+    let mut redis = tokio::task::block_in_place(|| RedisServer::start(&ca));
+    let provider = tokio::task::block_in_place(|| OidcProvider::start(&ca));
+    let secrets = Secrets::new(&provider, ALLOW_ALL);
+    let up = RecordingUpstream::start(Reply::Ok).await;
+    let data = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(data.path(), None);
+    let receivers = format!(
+        "[[webhooks.receivers]]\nname = \"ci\"\nurl = \"{}\"\nrepos = [\"platform/*\"]\nsecret_file = RECEIVER_SECRET_FILE\n\
+[[webhooks.receivers]]\nname = \"slow\"\nurl = \"{}\"\nrepos = [\"slow/*\"]\nsecret_file = RECEIVER_SECRET_FILE\ntimeout = \"2s\"\n",
+        receiver.url("/ok"),
+        receiver.url("/hang"),
+    );
+    let redis_toml = redis.toml(data.path());
+    let builder = |name: &str| {
+        GatewayBuilder::new()
+            .toml(&secrets.identity(&provider, "", &[AUDIENCE]))
+            .toml(&shared_toml(data.path(), name, &redis_toml, &receivers))
+            .route_with("gogs", "gogs", &[HOST], &up.url(), &secrets.gogs_extra())
+            .route_with(
+                "lightstep",
+                "otlp",
+                &["otlp.example.test"],
+                &up.url(),
+                &secrets.otlp_extra(),
+            )
+            .route("public", "plain", &[PUBLIC_HOST], &up.url(), "")
+    };
+    let a = builder("gw-a").start(&ca);
+    let mut b = builder("gw-b").start(&ca);
+
+    // 1. A session signed in through A opens on B, and signing out through B is refused by
+    //    A within seconds, copies of the cookie included.
+    let outcome = tokio::task::block_in_place(|| {
+        provider.browser_login(&a.url("/platform/app"), "alice", PASSWORD)
+    });
+    assert!(outcome.ok, "browser: {}\n{}", outcome.stderr, a.log());
+    assert_eq!(outcome.status, Some(200));
+    let cookies = cookie_header(&outcome);
+    up.clear();
+    let (status, text) = get(&b, &ca, HOST, "/platform/app", &cookies).await;
+    assert_eq!(status, 200, "B refused A's session: {text}");
+    assert_eq!(up.requests()[0].header("x-webauth-user"), Some("alice"));
+    let (status, text) = sign_out(&b, &ca, &cookies).await;
+    assert_eq!(status, 303, "sign-out through B: {text}");
+    let signed_out = Instant::now();
+    let mut refused_by_a = false;
+    while signed_out.elapsed() < Duration::from_secs(5) {
+        let (status, _) = get(&a, &ca, HOST, "/platform/app", &cookies).await;
+        if status == 302 {
+            refused_by_a = true;
+            break;
+        }
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused_by_a,
+        "A still accepts a session signed out through B"
+    );
+    eprintln!(
+        "A refused the signed-out session after {:?}",
+        signed_out.elapsed()
+    );
+    let (status, _) = get(&b, &ca, HOST, "/platform/app", &cookies).await;
+    assert_eq!(status, 302, "B accepts the session it signed out");
+    assert_eq!(a.metric("gatehouse_session_revocations"), 1.0);
+
+    // 2. One delivery, sent to each replica (Gogs redelivering through the balancer):
+    //    recorded and forwarded once; the second is acknowledged as a duplicate.
+    let first = push_payload(
+        "platform/app",
+        "refs/heads/main",
+        ZEROS,
+        &[(sha(1), "one".into())],
+    );
+    let (s1, t1) = deliver_signed(&ca, &a, "push", "d-1", &first).await;
+    let (s2, t2) = deliver_signed(&ca, &b, "push", "d-1", &first).await;
+    assert_eq!((s1, s2), (200, 200), "{t1}\n{t2}");
+    assert!(t2.contains("duplicate"), "B did not see A's delivery: {t2}");
+    wait_for(10, "the forward of d-1", || {
+        receiver
+            .requests()
+            .iter()
+            .any(|r| r["headers"]["x-gogs-delivery"] == "d-1")
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let forwards: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r["headers"]["x-gogs-delivery"] == "d-1")
+        .collect();
+    assert_eq!(forwards.len(), 1, "forwarded more than once: {forwards:?}");
+    assert_eq!(forwards[0]["standard_ok"], true);
+    for gw in [&a, &b] {
+        let (found, out) = commit_known(&gw.config, &sha(1));
+        assert!(found, "{out}");
+    }
+
+    // 3. Redis killed: intake answers 503 (so Gogs redelivers) and says why; requests that
+    //    need no Redis are served. Restarted: what it acknowledged is all there.
+    for n in 2..5 {
+        let body = push_payload(
+            "platform/app",
+            "refs/heads/main",
+            &sha(n - 1),
+            &[(sha(n), format!("c{n}"))],
+        );
+        let (s, t) = deliver_signed(
+            &ca,
+            if n % 2 == 0 { &a } else { &b },
+            "push",
+            &format!("d-{n}"),
+            &body,
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+    }
+    redis.kill();
+    let down = push_payload(
+        "platform/app",
+        "refs/heads/main",
+        &sha(4),
+        &[(sha(5), "c5".into())],
+    );
+    let (s, t) = deliver_signed(&ca, &a, "push", "d-5", &down).await;
+    assert_eq!(s, 503, "with Redis down: {t}");
+    let (s, t) = get(&a, &ca, PUBLIC_HOST, "/status", "").await;
+    assert_eq!(s, 200, "a route that needs no Redis failed: {t}");
+    assert_eq!(a.metric("gatehouse_redis_up"), 0.0);
+    assert!(a.metric(r#"gatehouse_redis_errors_total{operation="receive"}"#) >= 1.0);
+    tokio::task::block_in_place(|| redis.restart());
+    for n in 1..5 {
+        let (found, out) = commit_known(&b.config, &sha(n));
+        assert!(
+            found,
+            "commit {n} lost in the Redis restart: {out}\n{}",
+            redis.log()
+        );
+    }
+    let mut accepted = false;
+    for _ in 0..30 {
+        let (s, _) = deliver_signed(&ca, &a, "push", "d-5", &down).await;
+        if s == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        accepted,
+        "intake did not recover after Redis came back:\n{}",
+        a.log()
+    );
+    assert_eq!(a.metric("gatehouse_redis_up"), 1.0);
+    wait_for(15, "every forward after the restart", || {
+        let seen: Vec<String> = receiver
+            .requests()
+            .iter()
+            .filter_map(|r| r["headers"]["x-gogs-delivery"].as_str().map(String::from))
+            .collect();
+        (1..6).all(|n| seen.contains(&format!("d-{n}")))
+    });
+
+    // 4. A forward taken by B, which is killed mid-attempt, is delivered by a replica that
+    //    starts afterwards, once B's lease runs out (the slow receiver's 2 s + 30 s).
+    let (s, t) = deliver_signed(
+        &ca,
+        &b,
+        "push",
+        "d-slow",
+        &push_payload(
+            "slow/app",
+            "refs/heads/main",
+            ZEROS,
+            &[(sha(9), "slow".into())],
+        ),
+    )
+    .await;
+    // A is stopped first so that B is the one that takes it.
+    drop(a);
+    assert_eq!(s, 200, "{t}");
+    let started = receiver.log.with_extension("jsonl.started");
+    wait_for(10, "B's attempt in flight", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t.contains("/hang"))
+    });
+    b.signal("KILL");
+    let _ = b.wait(10);
+    let taken_over = Instant::now();
+    std::fs::write(&receiver.accept, "").unwrap();
+    let c = builder("gw-c").start(&ca);
+    // Only C can mark it delivered: B is dead.
+    wait_for(60, "the killed replica's forward delivered by C", || {
+        let (ok, list) = gatehouse(&["webhooks", "list", "--state", "delivered"], &c.config);
+        ok && list.lines().any(|l| l.contains("d-slow"))
+    });
+    let attempts: Vec<_> = records(&data.path().join("audit-gw-c"))
+        .into_iter()
+        .filter(|r| {
+            r.kind == "webhook"
+                && r.detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("forward of delivery d-slow"))
+        })
+        .collect();
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0].status, Some(200));
+    eprintln!(
+        "C delivered B's forward {:?} after B died",
+        taken_over.elapsed()
+    );
+    let (ok, list) = gatehouse(&["webhooks", "list"], &c.config);
+    assert!(ok, "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("d-slow") && l.contains("delivered")),
+        "{list}"
+    );
+    assert!(list.contains("0 pending, 0 dead in all"), "{list}");
+
+    // 5. Each replica kept its own chain; verify and export read them as one log.
+    let dirs: Vec<String> = ["gw-a", "gw-b", "gw-c"]
+        .iter()
+        .map(|n| data.path().join(format!("audit-{n}")).display().to_string())
+        .collect();
+    let mut args = vec!["audit", "verify"];
+    args.extend(dirs.iter().map(String::as_str));
+    let (ok, out) = audit_cli(&args);
+    assert!(ok, "{out}");
+    for n in ["gw-a", "gw-b", "gw-c"] {
+        assert!(out.contains(n), "verify did not read {n}: {out}");
+    }
+    let mut args = vec![
+        "audit",
+        "export",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--until",
+        "2100-01-01T00:00:00Z",
+        "--format",
+        "jsonl",
+        "--kind",
+        "webhook",
+    ];
+    args.extend(dirs.iter().map(String::as_str));
+    let (ok, out) = audit_cli(&args);
+    assert!(ok, "{out}");
+    let times: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some(format!(
+                "{} {} {}",
+                v["time"].as_str()?,
+                v["replica"].as_str()?,
+                v["detail"].as_str().unwrap_or("")
+            ))
+        })
+        .collect();
+    assert!(times.len() >= 6, "{out}");
+    assert!(
+        times.windows(2).all(|w| w[0][..27] <= w[1][..27]),
+        "export not merged by time: {times:#?}"
+    );
+    let replicas: std::collections::HashSet<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["replica"].as_str().map(String::from))
+        .collect();
+    assert!(replicas.len() >= 2, "{replicas:?}");
+    drop(redis);
+}

@@ -23,6 +23,11 @@ use serde_yaml_ng::Value;
 /// Where the gogs/gogs image reads its custom configuration: `/data/gogs` is the image's Gogs
 /// "custom" directory (gogs/gogs `docker/README.md`, "Custom directory").
 const GOGS_APP_INI: &str = "/data/gogs/conf/app.ini";
+/// Where the official haproxy image reads its configuration.
+const HAPROXY_CFG: &str = "/usr/local/etc/haproxy/haproxy.cfg";
+/// The host port clients use (Gogs's EXTERNAL_URL, Dex's redirect URIs): only the balancer
+/// may publish it.
+const PUBLIC_PORT: u16 = 8443;
 /// The identity header gatehouse sets for Gogs (shared/reference/gogs.md, Authentication).
 const GOGS_AUTH_HEADER: &str = "X-WEBAUTH-USER";
 /// Files `gatehouse certs dev` writes (src/certs.rs `write`): the CA certificate clients trust
@@ -50,6 +55,9 @@ enum Kind {
     Gogs,
     Dex,
     Collector,
+    Redis,
+    /// HAProxy: the TCP balancer in front of the gateway replicas.
+    Balancer,
 }
 
 /// What an image's documentation says about it.
@@ -86,6 +94,21 @@ const IMAGES: &[ImageDoc] = &[
         ports: &[4317, 4318, 1888, 8888, 8889, 13133, 55679],
         default_config: Some("/etc/otelcol/config.yaml"),
         source: "https://opentelemetry.io/docs/collector/install/docker/",
+    },
+    ImageDoc {
+        repo: "redis",
+        kind: Kind::Redis,
+        ports: &[6379],
+        default_config: None,
+        source: "https://hub.docker.com/_/redis (EXPOSE 6379; redis-server with arguments, or a config file path as first argument)",
+    },
+    ImageDoc {
+        repo: "haproxy",
+        kind: Kind::Balancer,
+        // The image exposes nothing: it listens where its config binds.
+        ports: &[],
+        default_config: Some(HAPROXY_CFG),
+        source: "https://hub.docker.com/_/haproxy (config at /usr/local/etc/haproxy/haproxy.cfg)",
     },
     ImageDoc {
         repo: "otel/opentelemetry-collector-contrib",
@@ -169,6 +192,45 @@ impl Stack {
         }
     }
 
+    /// The gateway replicas (services built from the Dockerfile), in file order.
+    fn gateways(&self) -> Vec<(String, &Value)> {
+        self.services()
+            .into_iter()
+            .filter(|(_, svc)| self.kind(svc) == Some(Kind::Gatehouse))
+            .collect()
+    }
+
+    /// The first gateway replica: `check_replicas` requires the others to be built, started,
+    /// configured and connected the same way, so checking it checks them all.
+    fn gateway(&self) -> Result<(String, &Value), String> {
+        self.gateways()
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no Gatehouse service in docker-compose.yml".to_string())
+    }
+
+    /// The gatehouse config file as TOML, without gatehouse's validation: for sections this
+    /// test reads before the gateway's parser knows them (`[redis]`).
+    fn gatehouse_toml(&self) -> Result<toml::Table, String> {
+        let (name, svc) = self.gateway()?;
+        let target = config_arg(&command(svc))
+            .ok_or_else(|| format!("service {name:?}: its command passes no --config"))?;
+        let path = self.mounted_file(&name, svc, &target)?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        text.parse::<toml::Table>()
+            .map_err(|e| format!("{} is not valid TOML: {e}", path.display()))
+    }
+
+    /// haproxy.cfg of the balancer.
+    fn haproxy(&self) -> Result<(String, HaproxyCfg), String> {
+        let (name, svc) = self.only(Kind::Balancer)?;
+        let path = self.mounted_file(&name, svc, HAPROXY_CFG)?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Ok((name, HaproxyCfg::parse(&text)))
+    }
+
     /// Repository file bind-mounted at `target` in `svc`.
     fn mounted_file(&self, svc_name: &str, svc: &Value, target: &str) -> Result<PathBuf, String> {
         let mount = mounts(svc)
@@ -186,7 +248,7 @@ impl Stack {
 
     /// The final stage of the Dockerfile the gatehouse service is built from.
     fn dockerfile(&self) -> Result<Dockerfile, String> {
-        let (name, svc) = self.only(Kind::Gatehouse)?;
+        let (name, svc) = self.gateway()?;
         let (context, file) = build_paths(svc)
             .ok_or_else(|| format!("service {name:?}: `build` names no context"))?;
         let rel = Path::new(&context).join(file);
@@ -196,7 +258,7 @@ impl Stack {
 
     /// The gatehouse configuration mounted into the gatehouse service, validated by gatehouse.
     fn gatehouse_config(&self) -> Result<Config, String> {
-        let (name, svc) = self.only(Kind::Gatehouse)?;
+        let (name, svc) = self.gateway()?;
         let mut args = command(svc);
         if args.is_empty() {
             args = self.dockerfile()?.cmd;
@@ -322,6 +384,31 @@ impl Stack {
                 let config = self.collector_config()?;
                 collector_listeners(&config)
             }
+            Some(Kind::Redis) => {
+                // redis-server's --port and --bind; 6379 on every interface by default.
+                let args = command(svc);
+                let arg = |flag: &str| {
+                    args.iter()
+                        .position(|a| a == flag)
+                        .and_then(|i| args.get(i + 1))
+                };
+                let port = match arg("--port") {
+                    None => 6379,
+                    Some(p) => p
+                        .parse()
+                        .map_err(|_| format!("service {name:?}: --port {p:?} is not a port"))?,
+                };
+                let host = arg("--bind").map(String::as_str).unwrap_or("0.0.0.0");
+                Ok(vec![Listener::new("redis-server --port", host, port)])
+            }
+            Some(Kind::Balancer) => {
+                let (_, cfg) = self.haproxy()?;
+                Ok(cfg
+                    .binds()
+                    .into_iter()
+                    .map(|(host, port)| Listener::new("haproxy.cfg bind", &host, port))
+                    .collect())
+            }
             None => Err(format!(
                 "service {name:?}: image {:?} is not one tests/compose.rs knows; add what its documentation says to IMAGES",
                 svc.get("image").and_then(Value::as_str).unwrap_or("")
@@ -335,6 +422,11 @@ impl Stack {
         if self.kind(svc) == Some(Kind::Gatehouse) {
             let ports = self.dockerfile()?.expose.into_iter().collect();
             return Ok((ports, "the Dockerfile's EXPOSE"));
+        }
+        if self.kind(svc) == Some(Kind::Balancer) {
+            let (_, cfg) = self.haproxy()?;
+            let ports = cfg.binds().into_iter().map(|(_, p)| p).collect();
+            return Ok((ports, "haproxy.cfg bind lines (the image exposes none)"));
         }
         image_doc(svc)
             .map(|d| (d.ports.iter().copied().collect(), d.source))
@@ -831,6 +923,63 @@ impl Dockerfile {
     }
 }
 
+/// haproxy.cfg: each section header (`global`, `defaults`, `frontend NAME`, `backend NAME`,
+/// `listen NAME`) and its keyword lines, comments removed.
+struct HaproxyCfg {
+    sections: Vec<(String, Vec<Vec<String>>)>,
+}
+
+impl HaproxyCfg {
+    fn parse(text: &str) -> HaproxyCfg {
+        let mut sections: Vec<(String, Vec<Vec<String>>)> = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+            let Some(first) = words.first() else {
+                continue;
+            };
+            let header = !line.starts_with(char::is_whitespace)
+                && ["global", "defaults", "frontend", "backend", "listen"]
+                    .contains(&first.as_str());
+            if header {
+                sections.push((words.join(" "), Vec::new()));
+            } else if let Some((_, lines)) = sections.last_mut() {
+                lines.push(words);
+            }
+        }
+        HaproxyCfg { sections }
+    }
+
+    /// Lines starting with `keyword`, with the section they are in.
+    fn lines(&self, keyword: &str) -> Vec<(&str, &[String])> {
+        self.sections
+            .iter()
+            .flat_map(|(name, lines)| {
+                lines
+                    .iter()
+                    .filter(move |w| w[0] == keyword)
+                    .map(move |w| (name.as_str(), &w[1..]))
+            })
+            .collect()
+    }
+
+    /// `bind [ADDR]:PORT ...` as (address, port).
+    fn binds(&self) -> Vec<(String, u16)> {
+        self.lines("bind")
+            .into_iter()
+            .filter_map(|(_, w)| split_host_port(w.first()?))
+            .collect()
+    }
+
+    /// `server NAME HOST:PORT ...` as (host, port).
+    fn servers(&self) -> Vec<(String, u16)> {
+        self.lines("server")
+            .into_iter()
+            .filter_map(|(_, w)| split_host_port(w.get(1)?))
+            .collect()
+    }
+}
+
 /// `["a", "b"]` (exec form) or shell form split on whitespace.
 fn exec_form(args: &str) -> Vec<String> {
     if args.starts_with('[') {
@@ -887,10 +1036,22 @@ fn check_services(stack: &Stack) -> Vec<String> {
             }
         }
     }
-    for kind in [Kind::Gatehouse, Kind::Gogs, Kind::Dex, Kind::Collector] {
+    for kind in [
+        Kind::Gogs,
+        Kind::Dex,
+        Kind::Collector,
+        Kind::Redis,
+        Kind::Balancer,
+    ] {
         if let Err(e) = stack.only(kind) {
             problems.push(e);
         }
+    }
+    let replicas = stack.gateways().len();
+    if replicas < 2 {
+        problems.push(format!(
+            "{replicas} gatehouse service(s) in docker-compose.yml, expected at least two replicas"
+        ));
     }
     problems
 }
@@ -960,8 +1121,14 @@ fn check_ports(stack: &Stack) -> Vec<String> {
                 ));
             }
         }
+        // A replica publishes its metrics and nothing else: clients reach its TLS listener
+        // through the balancer only.
         if stack.kind(svc) == Some(Kind::Gatehouse) {
-            let want: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
+            let want: BTreeSet<u16> = listeners
+                .iter()
+                .filter(|l| l.what == "metrics.listen")
+                .map(|l| l.port)
+                .collect();
             let got: BTreeSet<u16> = published(svc)
                 .unwrap_or_default()
                 .into_iter()
@@ -969,8 +1136,18 @@ fn check_ports(stack: &Stack) -> Vec<String> {
                 .collect();
             if want != got {
                 problems.push(format!(
-                    "service {name:?} publishes container ports {got:?}, but its config listens on {want:?} (server.listen, server.plaintext_listen, metrics.listen)"
+                    "service {name:?} publishes container ports {got:?}, but its config listens for metrics on {want:?} (metrics.listen; its TLS listener is reached through the balancer)"
                 ));
+            }
+        }
+        // Only the balancer publishes the public port.
+        if stack.kind(svc) != Some(Kind::Balancer) {
+            for (text, _, host) in published(svc).unwrap_or_default() {
+                if host == Some(PUBLIC_PORT) {
+                    problems.push(format!(
+                        "service {name:?} publishes {text:?}: only the balancer may publish {PUBLIC_PORT}"
+                    ));
+                }
             }
         }
     }
@@ -986,7 +1163,7 @@ fn check_routes(stack: &Stack) -> Vec<String> {
     };
     let mut problems = Vec::new();
     let gatehouse_deps = stack
-        .only(Kind::Gatehouse)
+        .gateway()
         .map(|(_, svc)| depends_on(svc))
         .unwrap_or_default();
     for kind in [RouteKind::Gogs, RouteKind::Otlp] {
@@ -1148,23 +1325,38 @@ fn check_gogs(stack: &Stack) -> Vec<String> {
             "app.ini [auth] TRUSTED_PROXY_IPS trusts {wide}: everyone could name a user"
         ));
     }
-    match stack.only(Kind::Gatehouse) {
-        Ok((gname, gsvc)) => {
-            let addrs = fixed_addresses(gsvc);
-            if addrs.is_empty() {
+    // Every replica's address, since any of them may serve a request.
+    let gateways = stack.gateways();
+    if gateways.is_empty() {
+        problems.push("no Gatehouse service in docker-compose.yml".to_string());
+    }
+    for (gname, gsvc) in gateways {
+        let addrs = fixed_addresses(gsvc);
+        if addrs.is_empty() {
+            problems.push(format!(
+                "service {gname:?} has no fixed ipv4_address, so TRUSTED_PROXY_IPS cannot name it"
+            ));
+        }
+        for a in addrs {
+            if !trusted.iter().any(|n| n.contains(&a)) {
                 problems.push(format!(
-                    "service {gname:?} has no fixed ipv4_address, so TRUSTED_PROXY_IPS cannot name it"
+                    "app.ini [auth] TRUSTED_PROXY_IPS {trusted:?} does not include {gname}'s address {a}"
                 ));
             }
-            for a in addrs {
-                if !trusted.iter().any(|n| n.contains(&a)) {
-                    problems.push(format!(
-                        "app.ini [auth] TRUSTED_PROXY_IPS {trusted:?} does not include gatehouse's address {a}"
-                    ));
-                }
+        }
+    }
+    // Nobody else with a fixed address (the balancer passes TLS through and sends no header).
+    for (name, svc) in stack.services() {
+        if stack.kind(svc) == Some(Kind::Gatehouse) {
+            continue;
+        }
+        for a in fixed_addresses(svc) {
+            if trusted.iter().any(|n| n.contains(&a)) {
+                problems.push(format!(
+                    "app.ini [auth] TRUSTED_PROXY_IPS trusts {a}, the address of {name:?}, which is not a gateway"
+                ));
             }
         }
-        Err(e) => problems.push(e),
     }
 
     // The URL Gogs puts in links and clone URLs is the gateway's.
@@ -1220,19 +1412,10 @@ fn check_gogs(stack: &Stack) -> Vec<String> {
             "app.ini EXTERNAL_URL host {host:?} is not a host of gatehouse's gogs route"
         ));
     }
-    let tls_ports: BTreeSet<u16> = config.server.listen.iter().map(|a| a.port()).collect();
-    let host_ports: BTreeSet<u16> = stack
-        .only(Kind::Gatehouse)
-        .ok()
-        .and_then(|(_, g)| published(g).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, c, _)| tls_ports.contains(c))
-        .filter_map(|(_, _, h)| h)
-        .collect();
+    let host_ports = gatehouse_tls_host_ports(stack, &config);
     if !host_ports.contains(&port) {
         problems.push(format!(
-            "app.ini EXTERNAL_URL port {port} is not a host port gatehouse's TLS listener is published on ({host_ports:?})"
+            "app.ini EXTERNAL_URL port {port} is not a host port the balancer publishes in front of gatehouse's TLS listener ({host_ports:?})"
         ));
     }
     problems
@@ -1437,7 +1620,7 @@ fn check_dex_tls(stack: &Stack) -> Vec<String> {
     }
     let gatehouse_certs = stack.gatehouse_config().ok().and_then(|c| {
         let tls = c.tls?;
-        let (_, svc) = stack.only(Kind::Gatehouse).ok()?;
+        let (_, svc) = stack.gateway().ok()?;
         let (_, rel) = repo_path_in(svc, &tls.cert_file)?;
         rel.parent().map(Path::to_path_buf)
     });
@@ -1520,7 +1703,7 @@ fn check_identity(stack: &Stack) -> Vec<String> {
         Ok(c) => c,
         Err(e) => return vec![e],
     };
-    let (gname, gsvc) = match stack.only(Kind::Gatehouse) {
+    let (gname, gsvc) = match stack.gateway() {
         Ok(g) => g,
         Err(e) => return vec![e],
     };
@@ -1774,16 +1957,30 @@ fn check_redirect_uris(
     }
 }
 
-/// Host ports compose publishes gatehouse's TLS listeners on.
+/// Host ports on which clients reach gatehouse's TLS listeners: those the balancer publishes
+/// onto a bind whose backend servers are the gateways on a TLS listener port.
 fn gatehouse_tls_host_ports(stack: &Stack, config: &Config) -> BTreeSet<u16> {
     let tls_ports: BTreeSet<u16> = config.server.listen.iter().map(|a| a.port()).collect();
-    stack
-        .only(Kind::Gatehouse)
-        .ok()
-        .and_then(|(_, g)| published(g).ok())
+    let Ok((_, cfg)) = stack.haproxy() else {
+        return BTreeSet::new();
+    };
+    let Ok((_, svc)) = stack.only(Kind::Balancer) else {
+        return BTreeSet::new();
+    };
+    let gateways: Vec<String> = stack.gateways().into_iter().map(|(n, _)| n).collect();
+    let servers = cfg.servers();
+    let reaches_gateways = !servers.is_empty()
+        && servers
+            .iter()
+            .all(|(host, port)| gateways.contains(host) && tls_ports.contains(port));
+    if !reaches_gateways {
+        return BTreeSet::new();
+    }
+    let binds: BTreeSet<u16> = cfg.binds().into_iter().map(|(_, p)| p).collect();
+    published(svc)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, c, _)| tls_ports.contains(c))
+        .filter(|(_, c, _)| binds.contains(c))
         .filter_map(|(_, _, h)| h)
         .collect()
 }
@@ -1873,7 +2070,7 @@ fn check_gatehouse_secrets(stack: &Stack) -> Vec<String> {
         Ok(c) => c,
         Err(e) => return vec![e],
     };
-    let (gname, gsvc) = match stack.only(Kind::Gatehouse) {
+    let (gname, gsvc) = match stack.gateway() {
         Ok(g) => g,
         Err(e) => return vec![e],
     };
@@ -2065,6 +2262,367 @@ fn check_dockerfile(stack: &Stack) -> Vec<String> {
     problems
 }
 
+/// Two or more gateway replicas that differ only where they must: the same build, command,
+/// config, certificates, environment and dependencies (so that checking the first checks
+/// them all), but each its own host name (the audit replica name defaults to it), its own
+/// audit volume and its own fixed address.
+fn check_replicas(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let gateways = stack.gateways();
+    let Some((first_name, first)) = gateways.first() else {
+        return vec!["no Gatehouse service in docker-compose.yml".to_string()];
+    };
+    let raw = stack.gatehouse_toml();
+    let audit = raw
+        .as_ref()
+        .ok()
+        .and_then(|t| t.get("audit"))
+        .and_then(|a| a.as_table());
+    if let Some(r) = audit.and_then(|a| a.get("replica")) {
+        problems.push(format!(
+            "[audit] replica = {r} in the config every replica shares: their chains would have one name; leave it out (it defaults to the host name)"
+        ));
+    }
+    let audit_dir = audit
+        .and_then(|a| a.get("dir"))
+        .and_then(|d| d.as_str())
+        .map(String::from);
+    if let Err(e) = &raw {
+        problems.push(e.clone());
+    }
+    let same = |svc: &Value| {
+        (
+            build_paths(svc),
+            command(svc),
+            environment(svc),
+            depends_on(svc),
+            mounts(svc)
+                .into_iter()
+                .filter(|m| m.bind)
+                .map(|m| (m.source, m.target, m.read_only))
+                .collect::<Vec<_>>(),
+            svc.get("image").cloned(),
+            svc.get("user").cloned(),
+        )
+    };
+    let mut hostnames = BTreeSet::new();
+    let mut volumes = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (name, svc) in &gateways {
+        if same(svc) != same(first) {
+            problems.push(format!(
+                "service {name:?} is not built, started, configured or connected like {first_name:?} (build, command, environment, depends_on, bind mounts, image, user must match)"
+            ));
+        }
+        match svc.get("hostname").and_then(Value::as_str) {
+            None => problems.push(format!(
+                "service {name:?} sets no hostname: its audit replica name would be a container id, new at every re-creation"
+            )),
+            Some(h) => {
+                if !hostnames.insert(h.to_string()) {
+                    problems.push(format!(
+                        "service {name:?} has hostname {h:?} like another replica: their audit chains would share a name"
+                    ));
+                }
+            }
+        }
+        for a in fixed_addresses(svc) {
+            if !addresses.insert(a) {
+                problems.push(format!(
+                    "service {name:?} has the fixed address {a} of another replica"
+                ));
+            }
+        }
+        if let Some(dir) = &audit_dir {
+            match mounts(svc).into_iter().find(|m| &m.target == dir) {
+                None => problems.push(format!(
+                    "service {name:?} keeps [audit] dir {dir} in no volume: the log would die with the container"
+                )),
+                Some(m) if m.bind => problems.push(format!(
+                    "service {name:?} mounts {dir} from {:?}; use a named volume per replica",
+                    m.source
+                )),
+                Some(m) => {
+                    if !volumes.insert(m.source.clone()) {
+                        problems.push(format!(
+                            "service {name:?} shares the audit volume {:?} with another replica; give each its own",
+                            m.source
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The balancer: HAProxy in TCP mode passing TLS through (it terminates nothing), its
+/// backend servers exactly the gateway replicas on their TLS port, health-checked, and it
+/// alone publishes the public port.
+fn check_balancer(stack: &Stack) -> Vec<String> {
+    let (name, cfg) = match stack.haproxy() {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let modes = cfg.lines("mode");
+    if modes.is_empty() {
+        problems.push("haproxy.cfg sets no `mode`: HAProxy would default to tcp only by accident; say `mode tcp`".to_string());
+    }
+    for (section, w) in &modes {
+        if w.first().map(String::as_str) != Some("tcp") {
+            problems.push(format!(
+                "haproxy.cfg [{section}] mode {}: the balancer must pass TLS through (mode tcp), the gateways terminate it and check SNI",
+                w.join(" ")
+            ));
+        }
+    }
+    for (section, w) in cfg.lines("bind") {
+        if w.iter().any(|x| x == "ssl" || x == "crt") {
+            problems.push(format!(
+                "haproxy.cfg [{section}] bind {} terminates TLS: the balancer must not hold the certificate",
+                w.join(" ")
+            ));
+        }
+    }
+    for (section, w) in cfg.lines("server") {
+        if w.iter().any(|x| x == "ssl") {
+            problems.push(format!(
+                "haproxy.cfg [{section}] server {} re-encrypts traffic (ssl): with TLS passed through it would be wrapped twice",
+                w.join(" ")
+            ));
+        }
+    }
+    let config = stack.gatehouse_config();
+    let tls_ports: BTreeSet<u16> = match &config {
+        Ok(c) => c.server.listen.iter().map(|a| a.port()).collect(),
+        Err(e) => {
+            problems.push(e.clone());
+            BTreeSet::new()
+        }
+    };
+    let gateways: BTreeSet<String> = stack.gateways().into_iter().map(|(n, _)| n).collect();
+    let servers = cfg.servers();
+    let hosts: BTreeSet<String> = servers.iter().map(|(h, _)| h.clone()).collect();
+    if hosts != gateways {
+        problems.push(format!(
+            "haproxy.cfg servers {hosts:?} are not the gateway replicas {gateways:?}"
+        ));
+    }
+    if config.is_ok() {
+        for (host, port) in &servers {
+            if !tls_ports.contains(port) {
+                problems.push(format!(
+                    "haproxy.cfg server {host}:{port} is not a TLS listener port of gatehouse ({tls_ports:?})"
+                ));
+            }
+        }
+    }
+    let checked = cfg
+        .lines("server")
+        .into_iter()
+        .chain(cfg.lines("default-server"))
+        .any(|(_, w)| w.iter().any(|x| x == "check"));
+    if !checked
+        || cfg
+            .lines("option")
+            .iter()
+            .all(|(_, w)| w.first().map(String::as_str) != Some("httpchk"))
+    {
+        problems.push("haproxy.cfg does not health-check the replicas (option httpchk and check): a draining or dead replica would still get connections".to_string());
+    }
+    let uri_ok = cfg.lines("http-check").iter().any(|(_, w)| {
+        w.windows(2)
+            .any(|p| p[0] == "uri" && p[1] == "/.gatehouse/ready")
+    });
+    if !uri_ok {
+        problems.push("haproxy.cfg health check does not ask /.gatehouse/ready, which turns 503 while a replica drains".to_string());
+    }
+    if let Ok(c) = &config
+        && !gatehouse_tls_host_ports(stack, c).contains(&PUBLIC_PORT)
+    {
+        problems.push(format!(
+            "service {name:?} does not publish {PUBLIC_PORT} onto a bind that reaches the gateways' TLS listener"
+        ));
+    }
+    problems
+}
+
+/// Redis: the official image, durable (AOF with fsync on every write), never evicting, a
+/// password from .env that the gateways read too, not published, data in a volume; the
+/// gateways' `[redis]` names it, with no credentials in the URL and no SQLite store beside.
+fn check_redis(stack: &Stack) -> Vec<String> {
+    let (name, svc) = match stack.only(Kind::Redis) {
+        Ok(s) => s,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let image = svc.get("image").and_then(Value::as_str).unwrap_or("");
+    if !(image == "redis:7" || image.starts_with("redis:7.") || image.starts_with("redis:7-")) {
+        problems.push(format!(
+            "service {name:?} runs {image:?}, expected the official redis:7"
+        ));
+    }
+    let args = command(svc);
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    for (flag, want, why) in [
+        (
+            "--appendonly",
+            "yes",
+            "without the append-only file a restart loses what was acknowledged",
+        ),
+        (
+            "--appendfsync",
+            "always",
+            "anything less can lose acknowledged writes on a crash",
+        ),
+        (
+            "--maxmemory-policy",
+            "noeviction",
+            "an evicted key is a lost delivery or commit",
+        ),
+    ] {
+        if arg(flag) != Some(want) {
+            problems.push(format!(
+                "service {name:?}: {flag} is {:?}, want {want}: {why}",
+                arg(flag)
+            ));
+        }
+    }
+    let documented = documented_variables(stack).unwrap_or_default();
+    let password_var = match arg("--requirepass") {
+        None => {
+            problems.push(format!("service {name:?} sets no --requirepass: anyone on the network could read and write the shared state"));
+            None
+        }
+        Some(v) => match env_reference(v) {
+            Some(var) if env_reference_required(v) => {
+                if !documented.contains(var) {
+                    problems.push(format!(
+                        "service {name:?}: --requirepass reads ${{{var}}}, which deploy/.env.example does not document"
+                    ));
+                }
+                Some(var.to_string())
+            }
+            _ => {
+                problems.push(format!(
+                    "service {name:?}: --requirepass {v:?} is not a required ${{VAR:?...}} reference to .env"
+                ));
+                None
+            }
+        },
+    };
+    match published(svc) {
+        Ok(p) if !p.is_empty() => problems.push(format!(
+            "service {name:?} publishes {:?} to the host: only the gateways may reach Redis",
+            p.iter().map(|(t, _, _)| t.clone()).collect::<Vec<_>>()
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(e),
+    }
+    if !mounts(svc).iter().any(|m| m.target == "/data" && !m.bind) {
+        problems.push(format!(
+            "service {name:?} keeps /data (the append-only file) in no named volume"
+        ));
+    }
+
+    // The gateways' side.
+    let toml = match stack.gatehouse_toml() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    let Some(redis) = toml.get("redis").and_then(|r| r.as_table()) else {
+        problems.push(
+            "the gatehouse config has no [redis]: the replicas would each keep their own state"
+                .to_string(),
+        );
+        return problems;
+    };
+    let url = redis.get("url").and_then(|u| u.as_str()).unwrap_or("");
+    match url.split_once("://") {
+        Some(("redis" | "rediss", rest)) => {
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.contains('@') {
+                problems.push(format!(
+                    "[redis] url {url:?} carries credentials: use password_env or password_file"
+                ));
+            }
+            let hostport = authority.rsplit('@').next().unwrap_or("");
+            let (host, port) = match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse::<u16>().ok()),
+                None => (hostport.to_string(), Some(6379)),
+            };
+            if host != name {
+                problems.push(format!(
+                    "[redis] url host {host:?} is not the redis service {name:?}"
+                ));
+            }
+            let listens = stack
+                .listeners(&name, svc)
+                .map(|l| l.iter().any(|l| Some(l.port) == port && l.reachable()))
+                .unwrap_or(false);
+            if !listens {
+                problems.push(format!(
+                    "[redis] url port {port:?} is not a port service {name:?} listens on"
+                ));
+            }
+        }
+        _ => problems.push(format!("[redis] url {url:?} is not redis:// or rediss://")),
+    }
+    let (gname, gsvc) = match stack.gateway() {
+        Ok(g) => g,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    match redis.get("password_env").and_then(|v| v.as_str()) {
+        None if redis.get("password_file").is_none() => problems.push(
+            "[redis] names no password_env or password_file, but the redis service requires a password".to_string(),
+        ),
+        None => {}
+        Some(var) => {
+            let source = environment(gsvc)
+                .get(var)
+                .cloned()
+                .flatten();
+            match source.as_deref().and_then(|v| env_reference(v).map(|n| (n, env_reference_required(v)))) {
+                None => problems.push(format!(
+                    "[redis] password_env = {var:?}, which service {gname:?} does not set from .env"
+                )),
+                Some((_, false)) => problems.push(format!(
+                    "service {gname:?}: {var} may be unset or empty: use ${{VAR:?...}}"
+                )),
+                Some((src, true)) => {
+                    if password_var.as_deref().is_some_and(|p| p != src) {
+                        problems.push(format!(
+                            "service {gname:?} reads the Redis password from ${{{src}}}, the redis service from ${{{}}}: they must be the same value",
+                            password_var.as_deref().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if toml.get("webhooks").and_then(|w| w.get("store")).is_some() {
+        problems.push("[webhooks] store is set beside [redis]: with Redis the webhook store lives there; leave `store` out".to_string());
+    }
+    for (gname, gsvc) in stack.gateways() {
+        if !depends_on(gsvc).contains(&name) {
+            problems.push(format!("service {gname:?} does not depend_on {name:?}"));
+        }
+    }
+    problems
+}
+
 // ---------------------------------------------------------------------------------------
 // The repository's files pass every check
 
@@ -2139,6 +2697,21 @@ fn repository_gatehouse_secrets_reach_it_from_env() {
 #[test]
 fn repository_collector_receives_otlp_and_prints_it() {
     assert_clean("otel-collector", check_collector(&Stack::repository()));
+}
+
+#[test]
+fn repository_gateway_replicas_differ_only_where_they_must() {
+    assert_clean("replicas", check_replicas(&Stack::repository()));
+}
+
+#[test]
+fn repository_balancer_passes_tls_through_to_every_replica() {
+    assert_clean("balancer", check_balancer(&Stack::repository()));
+}
+
+#[test]
+fn repository_redis_is_durable_private_and_shared() {
+    assert_clean("redis", check_redis(&Stack::repository()));
 }
 
 #[test]
@@ -2227,21 +2800,21 @@ fn catches_depends_on_an_unknown_service() {
     let (_d, stack) = mutated(&[(
         "docker-compose.yml",
         "      - otel-collector\n",
-        "      - otel-collector\n      - redis\n",
+        "      - otel-collector\n      - memcached\n",
     )]);
-    assert_reports(check_depends_on(&stack), "\"redis\"");
+    assert_reports(check_depends_on(&stack), "\"memcached\"");
 }
 
 #[test]
 fn catches_gatehouse_publishing_a_port_it_does_not_listen_on() {
     let (_d, stack) = mutated(&[(
         "docker-compose.yml",
-        "\"127.0.0.1:9090:9090\"",
+        "\"127.0.0.1:9091:9090\"",
         "\"127.0.0.1:9091:9091\"",
     )]);
     let problems = check_ports(&stack);
     assert_reports(problems.clone(), "targets container port 9091");
-    assert_reports(problems, "but its config listens on");
+    assert_reports(problems, "but its config listens for metrics on");
 }
 
 #[test]
@@ -2251,7 +2824,7 @@ fn catches_metrics_moved_without_the_published_port() {
         "listen = \"0.0.0.0:9090\"",
         "listen = \"0.0.0.0:9100\"",
     )]);
-    assert_reports(check_ports(&stack), "but its config listens on");
+    assert_reports(check_ports(&stack), "but its config listens for metrics on");
 }
 
 #[test]
@@ -2331,16 +2904,16 @@ fn catches_reverse_proxy_authentication_disabled() {
 fn catches_gogs_trusting_someone_else() {
     let (_d, stack) = mutated(&[(
         "deploy/gogs/app.ini",
-        "TRUSTED_PROXY_IPS = 172.30.0.10/32",
-        "TRUSTED_PROXY_IPS = 172.30.0.99/32",
+        "TRUSTED_PROXY_IPS = 172.30.0.11/32, 172.30.0.12/32",
+        "TRUSTED_PROXY_IPS = 172.30.0.11/32",
     )]);
     assert_reports(
         check_gogs(&stack),
-        "does not include gatehouse's address 172.30.0.10",
+        "does not include gatehouse-2's address 172.30.0.12",
     );
     let (_d, stack) = mutated(&[(
         "deploy/gogs/app.ini",
-        "TRUSTED_PROXY_IPS = 172.30.0.10/32",
+        "TRUSTED_PROXY_IPS = 172.30.0.11/32, 172.30.0.12/32",
         "TRUSTED_PROXY_IPS = 0.0.0.0/0",
     )]);
     assert_reports(check_gogs(&stack), "everyone could name a user");
@@ -2674,7 +3247,7 @@ fn catches_a_config_secret_missing_from_the_environment() {
     )]);
     assert_reports(
         check_gatehouse_secrets(&stack),
-        "routes[0].gogs.credentials[0].token reads $GATEHOUSE_GOGS_BROKER_TOKEN, which service \"gatehouse\" does not set",
+        "routes[0].gogs.credentials[0].token reads $GATEHOUSE_GOGS_BROKER_TOKEN, which service \"gatehouse-1\" does not set",
     );
 }
 
@@ -2800,5 +3373,223 @@ fn port_entries_are_parsed_in_every_short_form() {
             (7, Some(8)),
             (5, None)
         ]
+    );
+}
+
+#[test]
+fn catches_the_tls_port_published_by_a_replica() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - \"127.0.0.1:9092:9090\"\n",
+        "      - \"127.0.0.1:9092:9090\"\n      - \"8443:8443\"\n",
+    )]);
+    let problems = check_ports(&stack);
+    assert_reports(
+        problems.clone(),
+        "service \"gatehouse-2\" publishes \"8443:8443\": only the balancer may publish 8443",
+    );
+    assert_reports(problems, "its TLS listener is reached through the balancer");
+}
+
+#[test]
+fn catches_replicas_that_would_share_an_audit_chain() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "hostname: gatehouse-2",
+        "hostname: gatehouse-1",
+    )]);
+    assert_reports(
+        check_replicas(&stack),
+        "has hostname \"gatehouse-1\" like another replica",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - gatehouse-2-audit:/var/lib/gatehouse/audit",
+        "      - gatehouse-1-audit:/var/lib/gatehouse/audit",
+    )]);
+    assert_reports(
+        check_replicas(&stack),
+        "shares the audit volume \"gatehouse-1-audit\"",
+    );
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "dir = \"/var/lib/gatehouse/audit\"\n",
+        "dir = \"/var/lib/gatehouse/audit\"\nreplica = \"gw1\"\n",
+    )]);
+    assert_reports(
+        check_replicas(&stack),
+        "[audit] replica = \"gw1\" in the config every replica shares",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - redis\n    networks:\n      backend:\n        # Fixed so that Gogs can trust the identity header from the replicas' addresses alone\n        # ([auth] TRUSTED_PROXY_IPS in deploy/gogs/app.ini lists both).\n        ipv4_address: 172.30.0.12",
+        "    networks:\n      backend:\n        ipv4_address: 172.30.0.12",
+    )]);
+    let problems = check_replicas(&stack);
+    assert_reports(
+        problems,
+        "service \"gatehouse-2\" is not built, started, configured or connected like \"gatehouse-1\"",
+    );
+}
+
+#[test]
+fn catches_a_single_gateway() {
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+        .unwrap();
+    let start = text.find("  # gatehouse-2:").unwrap();
+    let end = text.find("  # gogs:").unwrap();
+    let (_d, stack) = mutated(&[("docker-compose.yml", &text[start..end], "")]);
+    assert_reports(check_services(&stack), "expected at least two replicas");
+    assert_reports(check_balancer(&stack), "are not the gateway replicas");
+}
+
+#[test]
+fn catches_gogs_trusting_the_balancer() {
+    let (_d, stack) = mutated(&[
+        (
+            "docker-compose.yml",
+            "        aliases:\n",
+            "        ipv4_address: 172.30.0.20\n        aliases:\n",
+        ),
+        (
+            "deploy/gogs/app.ini",
+            "172.30.0.11/32, 172.30.0.12/32",
+            "172.30.0.11/32, 172.30.0.12/32, 172.30.0.20/32",
+        ),
+    ]);
+    assert_reports(
+        check_gogs(&stack),
+        "trusts 172.30.0.20, the address of \"balancer\"",
+    );
+}
+
+#[test]
+fn catches_a_balancer_that_terminates_tls() {
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "    bind :8443\n",
+        "    bind :8443 ssl crt /usr/local/etc/haproxy/server.pem\n",
+    )]);
+    assert_reports(check_balancer(&stack), "terminates TLS");
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "    mode tcp\n",
+        "    mode http\n",
+    )]);
+    assert_reports(
+        check_balancer(&stack),
+        "mode http: the balancer must pass TLS through",
+    );
+}
+
+#[test]
+fn catches_a_balancer_missing_a_replica_or_its_port() {
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "    server gatehouse-2 gatehouse-2:8443\n",
+        "",
+    )]);
+    assert_reports(check_balancer(&stack), "are not the gateway replicas");
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "gatehouse-1:8443",
+        "gatehouse-1:9090",
+    )]);
+    assert_reports(
+        check_balancer(&stack),
+        "gatehouse-1:9090 is not a TLS listener port",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - \"8443:8443\"\n",
+        "      - \"8444:8443\"\n",
+    )]);
+    assert_reports(check_balancer(&stack), "does not publish 8443");
+    assert_reports(
+        check_gogs(&stack),
+        "EXTERNAL_URL port 8443 is not a host port the balancer publishes",
+    );
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "uri /.gatehouse/ready",
+        "uri /",
+    )]);
+    assert_reports(check_balancer(&stack), "does not ask /.gatehouse/ready");
+}
+
+#[test]
+fn catches_redis_that_can_lose_or_evict() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - always\n",
+        "      - everysec\n",
+    )]);
+    assert_reports(
+        check_redis(&stack),
+        "--appendfsync is Some(\"everysec\"), want always",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - noeviction\n",
+        "      - allkeys-lru\n",
+    )]);
+    assert_reports(check_redis(&stack), "want noeviction");
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - --appendonly\n      - \"yes\"\n",
+        "",
+    )]);
+    assert_reports(check_redis(&stack), "--appendonly is None");
+}
+
+#[test]
+fn catches_redis_exposed_or_without_a_shared_password() {
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "    expose:\n      - \"6379\"\n",
+        "    ports:\n      - \"6379:6379\"\n",
+    )]);
+    assert_reports(check_redis(&stack), "publishes [\"6379:6379\"] to the host");
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      - ${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}\n",
+        "      - hunter2\n",
+    )]);
+    assert_reports(
+        check_redis(&stack),
+        "--requirepass \"hunter2\" is not a required",
+    );
+    let (_d, stack) = mutated(&[("deploy/.env.example", "REDIS_PASSWORD=", "REDIS_PASS=")]);
+    assert_reports(
+        check_redis(&stack),
+        "${REDIS_PASSWORD}, which deploy/.env.example does not document",
+    );
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "      GATEHOUSE_REDIS_PASSWORD: ${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}",
+        "      GATEHOUSE_REDIS_PASSWORD: ${OTHER_PASSWORD:?set OTHER_PASSWORD in .env}",
+    )]);
+    assert_reports(check_redis(&stack), "they must be the same value");
+}
+
+#[test]
+fn catches_a_redis_url_gatehouse_cannot_use() {
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "url = \"redis://redis:6379/0\"",
+        "url = \"redis://gatehouse:pw@cache:6380/0\"",
+    )]);
+    let problems = check_redis(&stack);
+    assert_reports(problems.clone(), "carries credentials");
+    assert_reports(problems.clone(), "host \"cache\" is not the redis service");
+    assert_reports(problems, "port Some(6380)");
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "[webhooks]\n",
+        "[webhooks]\nstore = \"/var/lib/gatehouse/webhooks.sqlite\"\n",
+    )]);
+    assert_reports(
+        check_redis(&stack),
+        "[webhooks] store is set beside [redis]",
     );
 }

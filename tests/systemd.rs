@@ -238,8 +238,8 @@ fn check_unit(unit: &str, config_text: &str) -> Vec<String> {
             written.push(("audit.checkpoint_mirror_dir", m.clone()));
         }
     }
-    if let Some(w) = &config.webhooks {
-        written.push(("webhooks.store", w.store.clone()));
+    if let Some(store) = config.webhooks.as_ref().and_then(|w| w.store.clone()) {
+        written.push(("webhooks.store", store));
     }
     for (what, path) in written {
         if !writable.iter().any(|w| path.starts_with(w)) {

@@ -109,6 +109,12 @@ fn sha(n: u32) -> String {
         .collect()
 }
 
+/// Every command the gateway sent was one the documented ACL allows.
+fn assert_no_permission_errors(gw: &TestGateway) {
+    let log = gw.log();
+    assert!(!log.contains("NOPERM"), "refused by Redis's ACL:\n{log}");
+}
+
 fn audit_cli(args: &[&str]) -> (bool, String) {
     let (ok, out, err) = support::run_with_timeout(
         std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(args),
@@ -155,6 +161,11 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     };
     let a = builder("gw-a").start(&ca);
     let mut b = builder("gw-b").start(&ca);
+
+    // The ACL lets the gateway read INFO (it checks that Redis keeps an append-only file).
+    wait_for(10, "A's check of Redis persistence", || {
+        a.log().contains("it keeps an append-only file")
+    });
 
     // 1. A session signed in through A opens on B, and signing out through B is refused by
     //    A within seconds, copies of the cookie included.
@@ -305,6 +316,7 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     )
     .await;
     // A is stopped first so that B is the one that takes it.
+    assert_no_permission_errors(&a);
     drop(a);
     assert_eq!(s, 200, "{t}");
     let started = receiver.log.with_extension("jsonl.started");
@@ -344,6 +356,9 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
         "{list}"
     );
     assert!(list.contains("0 pending, 0 dead in all"), "{list}");
+
+    assert_no_permission_errors(&b);
+    assert_no_permission_errors(&c);
 
     // 5. Each replica kept its own chain; verify and export read them as one log.
     let dirs: Vec<String> = ["gw-a", "gw-b", "gw-c"]

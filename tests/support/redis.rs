@@ -1,6 +1,7 @@
-//! A real `redis-server` on 127.0.0.1: TLS only, an ACL user limited to the gateway's key
-//! prefix, the default user behind a password, and an append-only file fsynced on every write. Started
-//! with a random port, restartable on the same port and data, stopped by pid on drop.
+//! A real `redis-server` on 127.0.0.1: TLS only, the gateway's ACL user as docs/operations.md
+//! gives it (its key prefix and the commands it sends), the default user behind a password,
+//! and an append-only file fsynced on every write. Started with a random port, restartable on
+//! the same port and data, stopped by pid on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,16 +78,7 @@ impl RedisServer {
                 "&*",
                 "+@all",
             ])
-            .args([
-                "--user",
-                USER,
-                "on",
-                &format!(">{PASSWORD}"),
-                "~gatehouse:*",
-                "+@all",
-                "-@dangerous",
-                "+info",
-            ])
+            .args(acl_line())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -133,6 +125,27 @@ impl RedisServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
+}
+
+/// The gateway's ACL user exactly as docs/operations.md gives it (`--user gatehouse on ...`),
+/// with the test password, so the documented permissions are the ones tested.
+fn acl_line() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with(&format!("user {USER} on ")))
+        .expect("docs/operations.md has the ACL line for the gateway's user");
+    let mut args = vec!["--user".to_string()];
+    args.extend(line.split_whitespace().skip(1).map(|t| {
+        if t == ">CHANGE-ME" {
+            format!(">{PASSWORD}")
+        } else {
+            t.to_string()
+        }
+    }));
+    assert!(args.contains(&format!(">{PASSWORD}")), "{line}");
+    args
 }
 
 impl Drop for RedisServer {

@@ -441,6 +441,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     if !ok {
         return ExitCode::FAILURE;
     }
+    if let Some(r) = &config.redis
+        && let Err(e) = gatehouse::shared::redis::check(r)
+    {
+        eprintln!("{}: {e}", path.display());
+        ok = false;
+    }
     match gatehouse::telemetry::metrics::Metrics::new() {
         Ok(metrics) => {
             let revocations = match gatehouse::identity::revocation::Revocations::embedded() {

@@ -412,3 +412,56 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     assert!(replicas.len() >= 2, "{replicas:?}");
     drop(redis);
 }
+
+#[test]
+fn check_reads_the_redis_password_and_ca_without_connecting() {
+    let ca = DevCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let builder =
+        GatewayBuilder::new().route("public", "plain", &[PUBLIC_HOST], "http://127.0.0.1:9", "");
+    std::fs::copy(ca.cert(), dir.path().join("server.crt")).unwrap();
+    std::fs::copy(ca.key(), dir.path().join("server.key")).unwrap();
+    support::gateway::write_audit_key(&dir.path().join("audit-signing.pem"));
+    let empty_ca = dir.path().join("empty-ca.pem");
+    std::fs::write(&empty_ca, "not a certificate\n").unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    let check = |redis: &str| {
+        let text = builder.clone().toml(redis).config_text(dir.path());
+        std::fs::write(&config, text).unwrap();
+        let (ok, out, err) = support::run_with_timeout(
+            std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config),
+            30,
+        );
+        (ok, format!("{out}{err}"))
+    };
+    let missing = dir.path().join("no-such-password");
+    let (ok, out) = check(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:9\"\npassword_file = {:?}\n",
+        missing.display().to_string()
+    ));
+    assert!(
+        !ok && out.contains("redis.password") && out.contains("no-such-password"),
+        "{out}"
+    );
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret-redis-pw").unwrap();
+    let (ok, out) = check(&format!(
+        "[redis]\nurl = \"rediss://127.0.0.1:9\"\npassword_file = {:?}\nca_file = {:?}\n",
+        pw.display().to_string(),
+        empty_ca.display().to_string()
+    ));
+    assert!(
+        !ok && out.contains("redis.ca_file") && out.contains("no PEM certificate"),
+        "{out}"
+    );
+    assert!(!out.contains("secret-redis-pw"), "{out}");
+    let (ok, out) = check(&format!(
+        "[redis]\nurl = \"rediss://127.0.0.1:9\"\npassword_file = {:?}\nca_file = {:?}\n",
+        pw.display().to_string(),
+        ca.ca().display().to_string()
+    ));
+    assert!(ok, "{out}");
+}

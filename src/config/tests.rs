@@ -427,3 +427,82 @@ fn otlp_signal_paths_must_be_plain_paths() {
         "{p:?}"
     );
 }
+
+#[test]
+fn redis_settings_keep_credentials_out_and_replace_the_webhook_store() {
+    let hooks = "[webhooks]\n[[webhooks.sources]]\nname = \"gogs\"\nsecret_env = \"HOOK\"\n";
+    let ok = format!(
+        "{MINIMAL}[redis]\nurl = \"rediss://redis.internal:6380/2\"\nusername = \"gatehouse\"\npassword_env = \"REDIS_PW\"\nca_file = \"certs/redis-ca.crt\"\n{hooks}"
+    );
+    let c = parse(&ok).unwrap();
+    let r = c.redis.as_ref().unwrap();
+    assert!(r.tls());
+    assert_eq!(r.prefix, "gatehouse:");
+    assert_eq!(r.timeout, redis::defaults::TIMEOUT);
+    assert_eq!(r.password, Some(SecretRef::Env("REDIS_PW".into())));
+    assert_eq!(
+        r.ca_file.as_deref(),
+        Some(Path::new("/etc/gatehouse/certs/redis-ca.crt"))
+    );
+    assert_eq!(c.webhooks.as_ref().unwrap().store, None);
+
+    for (redis, key, says) in [
+        (
+            "url = \"redis://:pw@redis:6379\"",
+            "redis.url",
+            "credentials do not go in the url",
+        ),
+        (
+            "url = \"http://redis:6379\"",
+            "redis.url",
+            "expected redis://",
+        ),
+        (
+            "url = \"redis://redis:6379/x\"",
+            "redis.url",
+            "not a database number",
+        ),
+        (
+            "url = \"redis://redis:6379\"\nca_file = \"ca.crt\"",
+            "redis.ca_file",
+            "rediss://",
+        ),
+        (
+            "url = \"redis://redis:6379\"\nusername = \"gw\"",
+            "redis.username",
+            "needs password_env",
+        ),
+        (
+            "url = \"redis://r:1\"\npassword_env = \"A\"\npassword_file = \"b\"",
+            "redis.password",
+            "not both",
+        ),
+        (
+            "url = \"redis://r:1\"\nprefix = \"a b\"",
+            "redis.prefix",
+            "without spaces",
+        ),
+    ] {
+        let p = problems(&format!("{MINIMAL}[redis]\n{redis}\n{hooks}"));
+        assert!(
+            p.iter().any(|p| p.contains(key) && p.contains(says)),
+            "{redis}: {p:?}"
+        );
+    }
+    // With Redis the store is refused; without it, required.
+    let p = problems(&format!(
+        "{MINIMAL}[redis]\nurl = \"redis://r:1\"\n{}",
+        hooks.replace("[webhooks]\n", "[webhooks]\nstore = \"hooks.sqlite\"\n")
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.contains("webhooks.store") && p.contains("remove store")),
+        "{p:?}"
+    );
+    let p = problems(&format!("{MINIMAL}{hooks}"));
+    assert!(
+        p.iter()
+            .any(|p| p.contains("webhooks.store") && p.contains("unless [redis]")),
+        "{p:?}"
+    );
+}

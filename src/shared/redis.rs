@@ -23,11 +23,36 @@ pub enum RedisError {
     Password(#[from] crate::config::SecretError),
     #[error("redis.ca_file {path}: {error}")]
     Ca { path: String, error: std::io::Error },
+    #[error("redis.ca_file {0}: no PEM certificate in it")]
+    CaEmpty(String),
     #[error("redis {operation}: {message}")]
     Command {
         operation: &'static str,
         message: String,
     },
+}
+
+/// What `gatehouse check` can know without connecting: the password is readable and the CA
+/// file holds certificates.
+pub fn check(config: &RedisConfig) -> Result<(), RedisError> {
+    if let Some(p) = &config.password {
+        p.load()?;
+    }
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|error| RedisError::Ca {
+            path: path.display().to_string(),
+            error,
+        })?;
+        use rustls_pki_types::pem::PemObject;
+        if rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .next()
+            .is_none()
+        {
+            return Err(RedisError::CaEmpty(path.display().to_string()));
+        }
+    }
+    Ok(())
 }
 
 pub struct RedisMetrics {

@@ -139,7 +139,7 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     let data = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(data.path(), None);
     let receivers = format!(
-        "[[webhooks.receivers]]\nname = \"ci\"\nurl = \"{}\"\nrepos = [\"platform/*\"]\nsecret_file = RECEIVER_SECRET_FILE\n\
+        "[[webhooks.receivers]]\nname = \"ci\"\nurl = \"{}\"\nrepos = [\"platform/*\"]\nsecret_file = RECEIVER_SECRET_FILE\ntimeout = \"2s\"\n\
 [[webhooks.receivers]]\nname = \"slow\"\nurl = \"{}\"\nrepos = [\"slow/*\"]\nsecret_file = RECEIVER_SECRET_FILE\ntimeout = \"2s\"\n",
         receiver.url("/ok"),
         receiver.url("/hang"),
@@ -268,6 +268,7 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     assert_eq!(a.metric("gatehouse_redis_up"), 0.0);
     assert!(a.metric(r#"gatehouse_redis_errors_total{operation="receive"}"#) >= 1.0);
     tokio::task::block_in_place(|| redis.restart());
+    let restarted = Instant::now();
     for n in 1..5 {
         let (found, out) = commit_known(&b.config, &sha(n));
         assert!(
@@ -291,17 +292,35 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
         a.log()
     );
     assert_eq!(a.metric("gatehouse_redis_up"), 1.0);
-    wait_for(15, "every forward after the restart", || {
+    // A forward taken just before the kill (the script ran, its reply was lost) waits out
+    // its lease: the receivers' longest timeout (2 s) + 30 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let seen: Vec<String> = receiver
             .requests()
             .iter()
             .filter_map(|r| r["headers"]["x-gogs-delivery"].as_str().map(String::from))
             .collect();
-        (1..6).all(|n| seen.contains(&format!("d-{n}")))
-    });
+        if (1..6).all(|n| seen.contains(&format!("d-{n}"))) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (_, list) = gatehouse(&["webhooks", "list"], &a.config);
+            panic!(
+                "not every forward arrived after the restart: {seen:?}\n{list}\nA:\n{}\nB:\n{}",
+                a.log(),
+                b.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "every forward arrived {:?} after Redis restarted",
+        restarted.elapsed()
+    );
 
     // 4. A forward taken by B, which is killed mid-attempt, is delivered by a replica that
-    //    starts afterwards, once B's lease runs out (the slow receiver's 2 s + 30 s).
+    //    starts afterwards, once B's lease runs out (the receivers' longest timeout, 2 s, + 30 s).
     let (s, t) = deliver_signed(
         &ca,
         &b,

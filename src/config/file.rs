@@ -237,6 +237,8 @@ pub struct FileServer {
     pub max_connections: Option<Spanned<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub access_log: Option<bool>,
     #[serde(default)]

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub plaintext_listen: Vec<SocketAddr>,
     pub max_connections: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// Balancers whose connections start with a PROXY protocol header (v1 or v2) naming the
+    /// client; required from them, never read from anyone else.
+    pub proxy_protocol_from: Vec<IpNet>,
     pub shutdown_grace: Duration,
     pub access_log: bool,
     pub timeouts: ServerTimeouts,
@@ -346,6 +349,25 @@ impl Validator<'_> {
         }
     }
 
+    fn networks(&mut self, list: &[Spanned<String>], key: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, cidr) in list.iter().enumerate() {
+            let text = cidr.get_ref();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.report(
+                    cidr,
+                    &format!("{key}[{i}]"),
+                    format!("{text:?} is not an IP network: expected CIDR such as \"10.0.0.0/8\" or an address"),
+                ),
+            }
+        }
+        out
+    }
+
     fn path(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
@@ -386,21 +408,9 @@ impl Validator<'_> {
             }
         }
 
-        let mut trusted_proxies = Vec::new();
-        for (i, cidr) in s.trusted_proxies.iter().enumerate() {
-            let text = cidr.get_ref();
-            let parsed = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net.trunc()),
-                Err(_) => self.report(
-                    cidr,
-                    &format!("server.trusted_proxies[{i}]"),
-                    format!("{text:?} is not an IP network: expected CIDR such as \"10.0.0.0/8\" or an address"),
-                ),
-            }
-        }
+        let trusted_proxies = self.networks(&s.trusted_proxies, "server.trusted_proxies");
+        let proxy_protocol_from =
+            self.networks(&s.proxy_protocol_from, "server.proxy_protocol_from");
 
         let timeouts = ServerTimeouts {
             handshake: self.duration(
@@ -464,6 +474,7 @@ impl Validator<'_> {
                 defaults::MAX_CONNECTIONS as u64,
             ) as usize,
             trusted_proxies,
+            proxy_protocol_from,
             shutdown_grace: self.duration(
                 &s.shutdown_grace,
                 "server.shutdown_grace",

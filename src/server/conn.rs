@@ -25,7 +25,7 @@ use crate::proxy::unparsed::Unparsed;
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// Per-connection protocol settings, taken from the configuration current at accept time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnSettings {
     pub handshake: Duration,
     pub header_read: Duration,
@@ -33,6 +33,8 @@ pub struct ConnSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub h2_max_concurrent_streams: u32,
+    /// Peers whose connections start with a PROXY protocol header.
+    pub proxy_protocol_from: Arc<[ipnet::IpNet]>,
 }
 
 impl From<&Config> for ConnSettings {
@@ -46,6 +48,7 @@ impl From<&Config> for ConnSettings {
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            proxy_protocol_from: c.server.proxy_protocol_from.as_slice().into(),
         }
     }
 }
@@ -84,12 +87,39 @@ pub struct Accepted {
     pub shutdown: watch::Receiver<bool>,
 }
 
-pub async fn serve(a: Accepted) {
+pub async fn serve(mut a: Accepted) {
     let metrics = a.gateway.metrics.clone();
     metrics.connections.inc();
     let guard: Arc<dyn std::any::Any + Send + Sync> =
         Arc::new(ConnGuard::new(a.permit, metrics.active_connections.clone()));
     let _ = a.stream.set_nodelay(true);
+    if a.settings
+        .proxy_protocol_from
+        .iter()
+        .any(|n| n.contains(&a.peer.ip()))
+    {
+        // The balancer's header names the client; without a valid one the connection ends
+        // (a balancer configured to send none would otherwise make every client look alike).
+        match tokio::time::timeout(
+            a.settings.handshake,
+            super::proxy_protocol::read(&mut a.stream),
+        )
+        .await
+        {
+            Ok(Ok(Some(client))) => a.peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                metrics.rejected("proxy_protocol");
+                tracing::warn!(peer = %a.peer, error = %e, "connection from a PROXY protocol balancer refused");
+                return;
+            }
+            Err(_) => {
+                metrics.rejected("proxy_protocol");
+                tracing::warn!(peer = %a.peer, "no PROXY protocol header in time");
+                return;
+            }
+        }
+    }
     let framing = Arc::new(FramingFlag::default());
     let max_head = a.settings.max_header_bytes;
     match a.tls {

@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod h1_guard;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod tls;
 
@@ -348,7 +349,7 @@ async fn accept_loop(mut l: AcceptLoop) {
             peer,
             tls: l.tls.clone(),
             gateway: l.gateway.clone(),
-            settings: **l.settings.load(),
+            settings: (**l.settings.load()).clone(),
             permit,
             shutdown: l.stop.clone(),
         }));

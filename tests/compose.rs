@@ -2438,6 +2438,48 @@ fn check_balancer(stack: &Stack) -> Vec<String> {
     if !uri_ok {
         problems.push("haproxy.cfg health check does not ask /.gatehouse/ready, which turns 503 while a replica drains".to_string());
     }
+    // The replicas must learn each client's address from the balancer's PROXY header, and
+    // take it from the balancer alone.
+    let proxied = cfg
+        .lines("server")
+        .into_iter()
+        .chain(cfg.lines("default-server"))
+        .any(|(_, w)| w.iter().any(|x| x == "send-proxy-v2" || x == "send-proxy"));
+    let checks_proxied = cfg
+        .lines("server")
+        .into_iter()
+        .chain(cfg.lines("default-server"))
+        .any(|(_, w)| w.iter().any(|x| x == "check-send-proxy"));
+    if !proxied {
+        problems.push("haproxy.cfg servers send no PROXY header (send-proxy-v2): every client would be recorded as the balancer".to_string());
+    } else if !checks_proxied {
+        problems.push("haproxy.cfg health checks send no PROXY header (check-send-proxy): the replicas would refuse them".to_string());
+    }
+    if let Ok(c) = &config {
+        let addrs = stack
+            .service(&name)
+            .map(fixed_addresses)
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            problems.push(format!(
+                "service {name:?} has no fixed address, so [server] proxy_protocol_from cannot name it"
+            ));
+        }
+        for a in &addrs {
+            if !c.server.proxy_protocol_from.iter().any(|n| n.contains(a)) {
+                problems.push(format!(
+                    "[server] proxy_protocol_from does not cover the balancer's address {a}: the replicas would ignore its PROXY header and refuse the connection"
+                ));
+            }
+        }
+        for n in &c.server.proxy_protocol_from {
+            if n.prefix_len() != n.max_prefix_len() || !addrs.contains(&n.addr()) {
+                problems.push(format!(
+                    "[server] proxy_protocol_from {n} is not the balancer's address: whoever holds it could name any client"
+                ));
+            }
+        }
+    }
     if let Ok(c) = &config
         && !gatehouse_tls_host_ports(stack, c).contains(&PUBLIC_PORT)
     {
@@ -3445,21 +3487,39 @@ fn catches_a_single_gateway() {
 
 #[test]
 fn catches_gogs_trusting_the_balancer() {
-    let (_d, stack) = mutated(&[
-        (
-            "docker-compose.yml",
-            "        aliases:\n",
-            "        ipv4_address: 172.30.0.20\n        aliases:\n",
-        ),
-        (
-            "deploy/gogs/app.ini",
-            "172.30.0.11/32, 172.30.0.12/32",
-            "172.30.0.11/32, 172.30.0.12/32, 172.30.0.20/32",
-        ),
-    ]);
+    let (_d, stack) = mutated(&[(
+        "deploy/gogs/app.ini",
+        "172.30.0.11/32, 172.30.0.12/32",
+        "172.30.0.11/32, 172.30.0.12/32, 172.30.0.9/32",
+    )]);
     assert_reports(
         check_gogs(&stack),
-        "trusts 172.30.0.20, the address of \"balancer\"",
+        "trusts 172.30.0.9, the address of \"balancer\"",
+    );
+}
+
+#[test]
+fn catches_a_balancer_that_hides_the_client() {
+    let (_d, stack) = mutated(&[(
+        "deploy/haproxy/haproxy.cfg",
+        "default-server send-proxy-v2 check-send-proxy ",
+        "default-server ",
+    )]);
+    assert_reports(check_balancer(&stack), "send no PROXY header");
+    let (_d, stack) = mutated(&[(
+        "deploy/gatehouse.compose.toml",
+        "proxy_protocol_from = [\"172.30.0.9\"]",
+        "proxy_protocol_from = [\"172.30.0.0/24\"]",
+    )]);
+    assert_reports(check_balancer(&stack), "could name any client");
+    let (_d, stack) = mutated(&[(
+        "docker-compose.yml",
+        "        ipv4_address: 172.30.0.9\n",
+        "        ipv4_address: 172.30.0.8\n",
+    )]);
+    assert_reports(
+        check_balancer(&stack),
+        "does not cover the balancer's address 172.30.0.8",
     );
 }
 

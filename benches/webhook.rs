@@ -1,7 +1,8 @@
 //! Receiving Gogs push deliveries: signature check, parsing, and recording (replay guard,
 //! commits, outbox rows) in the embedded store with `synchronous = FULL`, on one thread.
 //! Each delivery is a distinct realistic push of 5 commits (about 6 KB, as Gogs sends with
-//! its default FEED_MAX_COMMIT_NUM) forwarded to one receiver.
+//! its default FEED_MAX_COMMIT_NUM) forwarded to one receiver. With `redis-server` on PATH,
+//! the same deliveries into a local Redis (the store several replicas share).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse::config::secret::SecretRef;
 use gatehouse::config::{WebhookReceiver, WebhookSource, WebhooksConfig};
 use gatehouse::webhook::Hooks;
+use gatehouse::webhook::RedisStore;
 use gatehouse::webhook::receive::{Inbound, receive, verify};
 use gatehouse::webhook::signature::gogs_signature;
 use gatehouse::webhook::store::SqliteStore;
@@ -219,7 +221,110 @@ fn bench(c: &mut Criterion) {
         })
     });
     cpu.report("receive_push_2000_16_concurrent");
+    if let Some(redis) = RedisServer::start(dir.path()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = {
+            let _in = runtime.enter();
+            let config = gatehouse::config::RedisConfig {
+                url: format!("redis://127.0.0.1:{}/0", redis.port),
+                username: None,
+                password: None,
+                ca_file: None,
+                prefix: "bench:".into(),
+                timeout: Duration::from_secs(5),
+            };
+            let metrics = gatehouse::shared::redis::RedisMetrics::unregistered().expect("metrics");
+            RedisStore::new(std::sync::Arc::new(
+                gatehouse::shared::redis::Redis::connect(&config, std::sync::Arc::new(metrics))
+                    .expect("redis"),
+            ))
+        };
+        let mut cpu = CpuUse::default();
+        // The same deliveries into Redis (AOF, fsync on every write), 16 at a time. The CPU
+        // figure is the gateway's alone; Redis's own is on another process.
+        g.bench_function("receive_push_2000_16_concurrent_redis", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = deliveries(next, N);
+                    next += N;
+                    let (start, cpu0) = (Instant::now(), cpu_seconds());
+                    std::thread::scope(|scope| {
+                        for part in batch.chunks((N / 16) as usize) {
+                            let (hooks, store) = (&hooks, &store);
+                            scope.spawn(move || {
+                                for d in part {
+                                    receive(hooks, store, &inbound(d)).expect("receive");
+                                }
+                            });
+                        }
+                    });
+                    total += start.elapsed();
+                    cpu.seconds += cpu_seconds() - cpu0;
+                    cpu.deliveries += N;
+                }
+                total
+            })
+        });
+        cpu.report("receive_push_2000_16_concurrent_redis");
+        drop(store);
+        drop(redis);
+    } else {
+        eprintln!("redis-server not found: the Redis case is skipped");
+    }
     g.finish();
+}
+
+/// A local `redis-server` as `[redis]` expects it: append-only file fsynced on every write.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(dir: &std::path::Path) -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let data = dir.join("redis");
+        std::fs::create_dir_all(&data).ok()?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(&data)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(RedisServer { child, port })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 criterion_group!(benches, bench);

@@ -10,12 +10,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse::config::secret::SecretRef;
 use gatehouse::config::{WebhookReceiver, WebhookSource, WebhooksConfig};
 use gatehouse::webhook::Hooks;
-use gatehouse::webhook::RedisStore;
 use gatehouse::webhook::receive::{Inbound, receive, verify};
 use gatehouse::webhook::signature::gogs_signature;
 use gatehouse::webhook::store::SqliteStore;
+use gatehouse::webhook::{HookStore, RedisStore};
 
 const SECRET: &str = "bench-secret";
+/// Deliveries per timed batch.
+const N: u64 = 2_000;
 
 fn sha(n: u64, salt: u64) -> String {
     format!("{:040x}", (n as u128) << 64 | salt as u128)
@@ -159,7 +161,6 @@ fn bench(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let hooks = hooks(dir.path());
-    const N: u64 = 2_000;
     let sample = deliveries(0, 1);
     eprintln!("delivery size: {} bytes", sample[0].body.len());
 
@@ -175,19 +176,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("receive_push_2000_sync_full", |b| {
         b.iter_custom(|iters| {
             let store = SqliteStore::open(&dir.path().join("hooks.sqlite")).expect("store");
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let batch = deliveries(next, N);
-                next += N;
-                let (start, cpu0) = (Instant::now(), cpu_seconds());
-                for d in &batch {
+            timed(iters, &mut next, &mut cpu, |batch| {
+                for d in batch {
                     receive(&hooks, &store, &inbound(d)).expect("receive");
                 }
-                total += start.elapsed();
-                cpu.seconds += cpu_seconds() - cpu0;
-                cpu.deliveries += N;
-            }
-            total
+            })
         })
     });
     cpu.report("receive_push_2000_sync_full");
@@ -198,26 +191,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("receive_push_2000_16_concurrent", |b| {
         b.iter_custom(|iters| {
             let store = SqliteStore::open(&dir.path().join("hooks.sqlite")).expect("store");
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let batch = deliveries(next, N);
-                next += N;
-                let (start, cpu0) = (Instant::now(), cpu_seconds());
-                std::thread::scope(|scope| {
-                    for part in batch.chunks((N / 16) as usize) {
-                        let (hooks, store) = (&hooks, &store);
-                        scope.spawn(move || {
-                            for d in part {
-                                receive(hooks, store, &inbound(d)).expect("receive");
-                            }
-                        });
-                    }
-                });
-                total += start.elapsed();
-                cpu.seconds += cpu_seconds() - cpu0;
-                cpu.deliveries += N;
-            }
-            total
+            timed(iters, &mut next, &mut cpu, |batch| {
+                receive_16_at_a_time(&hooks, &store, batch);
+            })
         })
     });
     cpu.report("receive_push_2000_16_concurrent");
@@ -248,26 +224,9 @@ fn bench(c: &mut Criterion) {
         // figure is the gateway's alone; Redis's own is on another process.
         g.bench_function("receive_push_2000_16_concurrent_redis", |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch = deliveries(next, N);
-                    next += N;
-                    let (start, cpu0) = (Instant::now(), cpu_seconds());
-                    std::thread::scope(|scope| {
-                        for part in batch.chunks((N / 16) as usize) {
-                            let (hooks, store) = (&hooks, &store);
-                            scope.spawn(move || {
-                                for d in part {
-                                    receive(hooks, store, &inbound(d)).expect("receive");
-                                }
-                            });
-                        }
-                    });
-                    total += start.elapsed();
-                    cpu.seconds += cpu_seconds() - cpu0;
-                    cpu.deliveries += N;
-                }
-                total
+                timed(iters, &mut next, &mut cpu, |batch| {
+                    receive_16_at_a_time(&hooks, &store, batch);
+                })
             })
         });
         cpu.report("receive_push_2000_16_concurrent_redis");
@@ -277,6 +236,39 @@ fn bench(c: &mut Criterion) {
         eprintln!("redis-server not found: the Redis case is skipped");
     }
     g.finish();
+}
+
+/// Times `iters` batches of `N` fresh deliveries through `run`, adding the CPU used to `cpu`.
+fn timed(
+    iters: u64,
+    next: &mut u64,
+    cpu: &mut CpuUse,
+    mut run: impl FnMut(&[Delivery]),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let batch = deliveries(*next, N);
+        *next += N;
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        run(&batch);
+        total += start.elapsed();
+        cpu.seconds += cpu_seconds() - cpu0;
+        cpu.deliveries += N;
+    }
+    total
+}
+
+/// Receives `batch` on 16 threads, as Gogs delivers when many pushes land at once.
+fn receive_16_at_a_time(hooks: &Hooks, store: &(dyn HookStore + Sync), batch: &[Delivery]) {
+    std::thread::scope(|scope| {
+        for part in batch.chunks(batch.len().div_ceil(16)) {
+            scope.spawn(move || {
+                for d in part {
+                    receive(hooks, store, &inbound(d)).expect("receive");
+                }
+            });
+        }
+    });
 }
 
 /// A local `redis-server` as `[redis]` expects it: append-only file fsynced on every write.

@@ -9,17 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use support::{DevCa, GatewayBuilder, HOST, RecordingUpstream, Reply, TestGateway, curl};
+use support::{
+    DevCa, GatewayBuilder, HOST, RecordingUpstream, Reply, TestGateway, curl, free_port,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// HAProxy in TCP mode, passing TLS through to `gateway_port` with a v2 header.
 struct Haproxy {

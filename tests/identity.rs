@@ -18,16 +18,6 @@ use support::{
 
 use support::secrets::{ALLOW_ALL, BROKER_TOKEN, LIGHTSTEP_TOKEN, Secrets};
 
-fn cookie_header(outcome: &support::oidc::BrowserOutcome) -> String {
-    outcome
-        .cookies
-        .iter()
-        .filter(|c| c.name.starts_with("__Host-gatehouse"))
-        .map(|c| format!("{}={}", c.name, c.value))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn get_with(path: &str, host: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
 }
@@ -150,7 +140,7 @@ async fn a_browser_signs_in_and_gogs_sees_exactly_one_identity_header() {
     assert!(outcome.cookie("i_like_gogs").is_none());
 
     // The sealed cookie goes back to Gogs for alice as Gogs set it.
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     s.up.clear();
     let r = exchange(
         s.gw.https,
@@ -178,7 +168,7 @@ async fn spoofed_identity_headers_never_reach_gogs() {
     let outcome =
         tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "bob", PASSWORD));
     assert!(outcome.ok, "{}", outcome.stderr);
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     s.up.clear();
     let spoof = format!(
         "Cookie: {cookies}\r\nX-WEBAUTH-USER: admin\r\nx-webauth-user: root\r\nX_WEBAUTH_USER: admin\r\nX-Webauth-User: admin\r\nConnection: X-WEBAUTH-USER\r\nX-Gatehouse-Identity: forged\r\n"
@@ -574,7 +564,7 @@ async fn sign_out_needs_the_csrf_token_and_ends_the_provider_session() {
     let outcome =
         tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "carol", PASSWORD));
     assert!(outcome.ok, "{}", outcome.stderr);
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     let page = exchange(
         s.gw.https,
         &s.ca.ca(),
@@ -756,7 +746,7 @@ async fn sessions_refresh_silently_before_the_provider_tokens_expire() {
     let outcome =
         tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "bob", PASSWORD));
     assert!(outcome.ok, "{}", outcome.stderr);
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let r = exchange(
         s.gw.https,
@@ -1397,7 +1387,7 @@ async fn a_username_gogs_would_not_accept_gets_403_on_record_and_nothing_upstrea
     );
     // Signing in worked; the Gogs page the browser came back to did not.
     assert_eq!(outcome.status, Some(403), "{}", outcome.body);
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     let r = exchange(
         s.gw.https,
         &s.ca.ca(),
@@ -1587,7 +1577,7 @@ async fn gogs_sign_in_and_sign_out_are_the_gateways_and_sign_out_ends_the_gogs_s
         .cookie("__Host-gatehouse-g-i_like_gogs")
         .expect("Gogs cookie not sealed");
     assert!(!sealed.value.contains("gogs-session-7"));
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     s.up.clear();
 
     // Gogs's own sign-in and sign-out pages, by GET and by POST: answered by the gateway.
@@ -1890,7 +1880,7 @@ async fn sign_in_replaces_the_session_and_old_keys_keep_opening_after_rotation()
     let first =
         tokio::task::block_in_place(|| s.provider.browser_login(&s.gw.url("/"), "alice", PASSWORD));
     assert!(first.ok, "{}", first.stderr);
-    let s1 = cookie_header(&first);
+    let s1 = first.cookie_header();
     let s1_value = first
         .cookie("__Host-gatehouse")
         .expect("no session")

@@ -20,16 +20,6 @@ use support::{DevCa, GatewayBuilder, HOST, RecordingUpstream, Reply, TestGateway
 
 const PUBLIC_HOST: &str = "other.example.test";
 
-fn cookie_header(outcome: &support::oidc::BrowserOutcome) -> String {
-    outcome
-        .cookies
-        .iter()
-        .filter(|c| c.name.starts_with("__Host-gatehouse"))
-        .map(|c| format!("{}={}", c.name, c.value))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// `[audit]` for replica `name` (its own directory under `data`), `[webhooks]` without a store
 /// (it is in Redis) and `[redis]`.
 fn shared_toml(data: &Path, name: &str, redis: &str, receivers: &str) -> String {
@@ -174,7 +164,7 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     });
     assert!(outcome.ok, "browser: {}\n{}", outcome.stderr, a.log());
     assert_eq!(outcome.status, Some(200));
-    let cookies = cookie_header(&outcome);
+    let cookies = outcome.cookie_header();
     up.clear();
     let (status, text) = get(&b, &ca, HOST, "/platform/app", &cookies).await;
     assert_eq!(status, 200, "B refused A's session: {text}");

@@ -15,7 +15,7 @@ use support::hooks::*;
 use support::oidc::{CLI_CLIENT, OidcProvider, PASSWORD};
 use support::raw::exchange;
 use support::secrets::Secrets;
-use support::{DevCa, GatewayBuilder, GitServer, HOST, git, run_with_timeout};
+use support::{DevCa, GatewayBuilder, GitServer, HOST, free_port, git, run_with_timeout};
 
 const POLICY: &str = r#"
 roles:

@@ -97,14 +97,6 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A delivery as Gogs sends it. `headers` are extra header lines.
 pub async fn deliver(
     ca: &DevCa,

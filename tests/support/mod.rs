@@ -141,6 +141,14 @@ pub fn git(ca: &DevCa, cwd: &Path, gateway_port: u16, args: &[&str]) -> Command 
     cmd
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// `curl` against the gateway with this CA and the test host resolved locally.
 pub fn curl(ca: &DevCa, gateway_port: u16, args: &[&str]) -> Command {
     let mut cmd = Command::new("curl");

@@ -745,6 +745,16 @@ impl BrowserOutcome {
     pub fn cookie(&self, name: &str) -> Option<&BrowserCookie> {
         self.page.cookie(name)
     }
+
+    /// The gateway's session cookies as a `Cookie` header value.
+    pub fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .filter(|c| c.name.starts_with("__Host-gatehouse"))
+            .map(|c| format!("{}={}", c.name, c.value))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Runs browser.mjs with the given certificates' keys trusted; returns (ok, stdout, stderr).

@@ -24,10 +24,7 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start(ca: &DevCa) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = super::free_port();
         let mut r = RedisServer {
             child: None,
             port,

@@ -27,7 +27,7 @@ fn hooks() -> &'static Hooks {
         std::fs::write(&secret, SECRET).unwrap();
         let config = WebhooksConfig {
             path: "/hook".into(),
-            store: dir.join("unused.sqlite"),
+            store: Some(dir.join("unused.sqlite")),
             max_body: 1 << 20,
             replay_window: std::time::Duration::from_secs(3600),
             commit_retention: std::time::Duration::from_secs(3600),

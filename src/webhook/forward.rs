@@ -216,6 +216,8 @@ async fn attempt(
     f: Forward,
 ) {
     let n = f.attempts + 1;
+    // Names the replica holding the forward while it is in flight (its lease).
+    tracing::debug!(receiver = %f.receiver, delivery = %f.delivery, attempt = n, "webhook forward attempt started");
     let result = match hooks.receiver(&f.receiver) {
         Some(r) => send(r, &f).await,
         None => Attempt::Dead {

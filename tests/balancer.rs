@@ -1,6 +1,7 @@
 //! Behind a TCP balancer: connections from `[server] proxy_protocol_from` must start with a
 //! PROXY protocol header, whose client address is the one the audit log, `X-Forwarded-For`
-//! and policy see. A real HAProxy (`send-proxy-v2`) in front, and v1 lines written by hand.
+//! and policy see; a refused header is on record. A real HAProxy (`send-proxy-v2`) in front,
+//! and v1 lines written by hand.
 
 mod support;
 
@@ -177,5 +178,40 @@ async fn the_balancers_proxy_header_names_the_client_and_is_required_from_it() {
     assert!(text.is_empty(), "answered with a bad PROXY header: {text}");
     let after = gw.metric(r#"gatehouse_requests_rejected_total{reason="proxy_protocol"}"#);
     assert_eq!(after - before, 2.0);
+    // Each is on record: a deny naming the balancer's address and why.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refusals = loop {
+        let found: Vec<serde_json::Value> = gw
+            .audit_records()
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .filter(|v| {
+                v["decision"]["reasons"].as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r.as_str().is_some_and(|r| r.contains("PROXY")))
+                })
+            })
+            .collect();
+        if found.len() >= 2 || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refusals.len(), 2, "{refusals:#?}");
+    for r in &refusals {
+        assert_eq!(r["decision"]["effect"], "deny", "{r}");
+        assert!(
+            r["source"]["addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{r}"
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.to_string().contains("bad source port")),
+        "{refusals:#?}"
+    );
     drop(haproxy);
 }

@@ -108,14 +108,28 @@ pub async fn serve(mut a: Accepted) {
         {
             Ok(Ok(Some(client))) => a.peer = client,
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                metrics.rejected("proxy_protocol");
-                tracing::warn!(peer = %a.peer, error = %e, "connection from a PROXY protocol balancer refused");
-                return;
-            }
-            Err(_) => {
-                metrics.rejected("proxy_protocol");
-                tracing::warn!(peer = %a.peer, "no PROXY protocol header in time");
+            refused => {
+                let reason = match refused {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no PROXY protocol header within the handshake timeout".to_string(),
+                };
+                tracing::warn!(peer = %a.peer, %reason, "connection from a PROXY protocol balancer refused");
+                // On record like any request refused before it was parsed.
+                let down = Downstream::new(
+                    a.peer,
+                    None,
+                    a.tls.is_some(),
+                    Arc::new(FramingFlag::default()),
+                    guard,
+                );
+                a.gateway.record_unparsed(
+                    &down,
+                    Unparsed {
+                        status: None,
+                        label: "proxy_protocol",
+                        reason,
+                    },
+                );
                 return;
             }
         }

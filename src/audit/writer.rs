@@ -193,14 +193,24 @@ impl AuditLog {
     }
 
     /// Writes a record and waits until it is written (and synced, with `fsync = "always"`).
-    pub async fn write(&self, record: Record) -> Result<(), Refused> {
+    /// The record is boxed before the future is made, so the future (moved with every request
+    /// that awaits it) stays small.
+    pub fn write(
+        &self,
+        record: impl Into<Box<Record>>,
+    ) -> impl std::future::Future<Output = Result<(), Refused>> + Send + '_ {
+        let record = record.into();
+        self.write_boxed(record)
+    }
+
+    async fn write_boxed(&self, record: Box<Record>) -> Result<(), Refused> {
         let refused = |why: &str, record: Option<Box<Record>>| Refused {
             why: Unavailable(why.to_string()),
             record,
         };
         let (ack, done) = oneshot::channel();
         // Room in the queue (the usual case) needs no timer.
-        let msg = match self.tx.try_send(Msg::Record(Box::new(record), Some(ack))) {
+        let msg = match self.tx.try_send(Msg::Record(record, Some(ack))) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
                 Some(m)

@@ -281,7 +281,8 @@ impl Authenticator {
             }
             Standing::Refresh => {
                 let oidc = self.oidc.as_ref()?;
-                match oidc.refresh(&session).await {
+                // Boxed: a refresh is rare and its future large.
+                match Box::pin(oidc.refresh(&session)).await {
                     Ok(mut fresh) => {
                         fresh.seen = now;
                         let set_cookies = codec.write(&fresh, host);

@@ -157,7 +157,7 @@ pub async fn write_first(
     arrival: &Arrival<'_>,
     what: impl std::fmt::Display + Send,
 ) -> Result<(), super::error::ProxyError> {
-    let record = record(draft, arrival, None);
+    let record = Box::new(record(draft, arrival, None));
     let id = record.id.clone();
     if let Err(refused) = log.write(record).await {
         draft.restore(refused.record, &refused.why.0);

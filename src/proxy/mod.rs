@@ -442,19 +442,29 @@ impl Gateway {
             && rt.config.webhooks.as_ref().is_some_and(|w| w.path == path)
         {
             draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
-            let resp = webhook::serve(req, &ctx, arrival, draft, &self.audit, svc).await?;
+            // The rare, large futures are boxed, so every request's future stays small
+            // (it is moved, and so copied, a few times per request).
+            let resp =
+                Box::pin(webhook::serve(req, &ctx, arrival, draft, &self.audit, svc)).await?;
             return Ok((resp, None));
         }
         if path == audit_export::PATH {
             draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
-            let resp =
-                audit_export::serve(req, &ctx, arrival, draft, &self.audit, &self.exports).await?;
+            let resp = Box::pin(audit_export::serve(
+                req,
+                &ctx,
+                arrival,
+                draft,
+                &self.audit,
+                &self.exports,
+            ))
+            .await?;
             return Ok((resp, None));
         }
         if endpoints::is_gateway_path(path) {
             draft.route = Some(crate::policy::GATEWAY_ROUTE.to_string());
             return Ok((
-                endpoints::serve(req, &ctx, self.draining(), draft).await?,
+                Box::pin(endpoints::serve(req, &ctx, self.draining(), draft)).await?,
                 None,
             ));
         }
@@ -489,7 +499,10 @@ impl Gateway {
                         draft.kind = crate::audit::Kind::TokenRejected;
                     }
                     draft.deny(&c.reason);
-                    return Ok((challenge_response(c, &parts, &ctx).await, Some(route)));
+                    return Ok((
+                        Box::pin(challenge_response(c, &parts, &ctx)).await,
+                        Some(route),
+                    ));
                 }
             }
         };

@@ -136,7 +136,8 @@ impl BearerVerifier {
             return Ok(hit.identity.clone());
         }
         self.metrics.token_cache(false);
-        let (identity, exp) = self.verify_uncached(token, now).await?;
+        // Boxed: the cached path is the common one and should not carry this future's size.
+        let (identity, exp) = Box::pin(self.verify_uncached(token, now)).await?;
         let identity = Arc::new(identity);
         if self.cache.len() >= self.capacity && self.swept.swap(now, Ordering::Relaxed) != now {
             // Expired tokens go, and so do those nobody presented since the last sweep.

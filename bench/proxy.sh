@@ -21,7 +21,9 @@ usage: bench/proxy.sh [options]
   --connections C   wrk connections (default 64)
   --upstream KIND   nginx | hyper  (default nginx; hyper = bench/upstream.rs)
   --targets LIST    comma list out of: direct,nginx-plain,gatehouse-plain,nginx-tls,gatehouse-tls
-                    (default: all)
+                    (default: all), and floor-pool,floor-inline: the least a hyper proxy
+                    does, with hyper-util's pooled client or one upstream connection per
+                    client connection (bench/floor_proxy.rs), on the proxy's core
   --gatehouse BIN   use this gatehouse binary instead of building one
   --rev REV         build gatehouse from git revision REV (git archive into the temp dir)
                     instead of the working tree
@@ -142,6 +144,7 @@ if [ "$BUILD" = 1 ]; then
     what=()
     if [ -z "$GATEHOUSE_BIN" ]; then what+=(--bin gatehouse); fi
     if [ "$UPSTREAM_KIND" = hyper ]; then what+=(--example bench_upstream); fi
+    if [[ ",$TARGETS," == *,floor-* ]]; then what+=(--example bench_floor_proxy); fi
     if [ ${#what[@]} -gt 0 ]; then
         echo "building (cargo build --release ${what[*]}) in $SRC_DIR, target dir $TARGET_DIR ..." >&2
         (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet "${what[@]}") >&2
@@ -149,6 +152,7 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -n "$GATEHOUSE_BIN" ] || GATEHOUSE_BIN="$TARGET_DIR/release/gatehouse"
 UPSTREAM_BIN="$TARGET_DIR/release/examples/bench_upstream"
+FLOOR_BIN="$TARGET_DIR/release/examples/bench_floor_proxy"
 [ -x "$GATEHOUSE_BIN" ] || { echo "no gatehouse binary at $GATEHOUSE_BIN" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------------------
@@ -321,7 +325,20 @@ check_body() {
     body=$(curl -sk --max-time 5 "$1") || { echo "no answer from $1" >&2; return 1; }
     [ "$body" = "hello, world" ] || { echo "unexpected body from $1: $body" >&2; return 1; }
 }
+# The floor: a bare hyper proxy in each client mode, on the proxy's core.
+declare -A FLOOR_PID FLOOR_PORT
+for mode in pool inline; do
+    [[ ",$TARGETS," == *,floor-$mode,* ]] || continue
+    [ -x "$FLOOR_BIN" ] || { echo "no floor proxy binary at $FLOOR_BIN" >&2; exit 2; }
+    taskset -c "$PROXY_CORE" "$FLOOR_BIN" "$mode" 127.0.0.1:0 "127.0.0.1:$UP_PORT" >"$TMP/floor-$mode.out" 2>&1 &
+    FLOOR_PID[$mode]=$!
+    PIDS+=("${FLOOR_PID[$mode]}")
+    for _ in $(seq 50); do [ -s "$TMP/floor-$mode.out" ] && break; sleep 0.1; done
+    FLOOR_PORT[$mode]=$(head -1 "$TMP/floor-$mode.out")
+done
 declare -A URL=(
+    [floor-pool]="${FLOOR_PORT[pool]:+http://127.0.0.1:${FLOOR_PORT[pool]}/}"
+    [floor-inline]="${FLOOR_PORT[inline]:+http://127.0.0.1:${FLOOR_PORT[inline]}/}"
     [direct]="http://127.0.0.1:$UP_PORT/"
     [nginx-plain]="http://127.0.0.1:$NGX_PLAIN/"
     [gatehouse-plain]="http://127.0.0.1:$GH_PLAIN/"
@@ -346,6 +363,7 @@ log ""
 proxy_pids() { # target
     case "$1" in
         nginx-*) proxy_family "$NGX_PID" ;;
+        floor-*) echo "${FLOOR_PID[${1#floor-}]}" ;;
         gatehouse-*) echo "$GH_PID" ;;
         *) echo "" ;;
     esac

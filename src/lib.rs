@@ -6,6 +6,9 @@
 //! one request through these modules.
 
 #![forbid(unsafe_code)]
+// Nothing a request or a file can influence may panic the gateway: outside tests, failures
+// are errors with a message, never `unwrap`/`expect`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod attribution;
 pub mod audit;

@@ -1,6 +1,9 @@
 //! The `gatehouse` command.
 
 #![forbid(unsafe_code)]
+// Nothing a request or a file can influence may panic the gateway: outside tests, failures
+// are errors with a message, never `unwrap`/`expect`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

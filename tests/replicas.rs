@@ -406,6 +406,18 @@ async fn replicas_share_sessions_deliveries_and_the_outbox_through_redis() {
     assert!(ok, "{list}");
     assert!(list.contains("0 pending, 0 dead in all"), "{list}");
     assert_no_permission_errors(&other);
+    // Nothing was forwarded twice. A forward delivered just before Redis went down has its
+    // outcome recorded once Redis is back; had it been lost, the forward's lease would have
+    // run out long before now and the receiver would have seen the delivery again.
+    let sent = receiver.requests();
+    for n in 1..6 {
+        let id = format!("d-{n}");
+        let times = sent
+            .iter()
+            .filter(|r| r["headers"]["x-gogs-delivery"].as_str() == Some(id.as_str()))
+            .count();
+        assert_eq!(times, 1, "delivery {id} reached the receiver {times} times");
+    }
 
     // 5. Each replica kept its own chain; verify and export read them as one log.
     let dirs: Vec<String> = ["gw-a", "gw-b"]

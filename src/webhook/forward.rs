@@ -227,13 +227,13 @@ async fn attempt(
     };
     let max = hooks.config.max_attempts;
     let now = now_ms();
-    type Update = Box<dyn FnOnce(&dyn HookStore) -> Result<(), StoreError> + Send>;
+    type Update = Arc<dyn Fn(&dyn HookStore) -> Result<(), StoreError> + Send + Sync>;
     let (label, text, status, update): (&str, String, Option<u16>, Update) = match result {
         Attempt::Delivered(status) => (
             "delivered",
             format!("delivered ({status})"),
             Some(status),
-            Box::new(move |s: &dyn HookStore| s.delivered(f.id, n, now)),
+            Arc::new(move |s: &dyn HookStore| s.delivered(f.id, n, now)),
         ),
         Attempt::Retry { why, status, after } if n < max => {
             let delay = backoff(hooks, n).max(after.unwrap_or_default().min(MAX_RETRY_AFTER));
@@ -249,7 +249,7 @@ async fn attempt(
                 "retry",
                 text,
                 status,
-                Box::new(move |s: &dyn HookStore| s.retry_at(f.id, n, next, &error, now)),
+                Arc::new(move |s: &dyn HookStore| s.retry_at(f.id, n, next, &error, now)),
             )
         }
         Attempt::Retry { why, status, .. } => {
@@ -259,7 +259,7 @@ async fn attempt(
                 "dead",
                 text,
                 status,
-                Box::new(move |s: &dyn HookStore| s.dead(f.id, n, &error, now)),
+                Arc::new(move |s: &dyn HookStore| s.dead(f.id, n, &error, now)),
             )
         }
         Attempt::Dead { why, status } => {
@@ -269,7 +269,7 @@ async fn attempt(
                 "dead",
                 text,
                 status,
-                Box::new(move |s: &dyn HookStore| s.dead(f.id, n, &error, now)),
+                Arc::new(move |s: &dyn HookStore| s.dead(f.id, n, &error, now)),
             )
         }
     };
@@ -301,12 +301,32 @@ async fn attempt(
             tracing::warn!(receiver = %f.receiver, delivery = %f.delivery, attempt = n, result = %text, "webhook forward failed")
         }
     }
-    let s = store.clone();
-    if let Some(Err(e)) = blocking(move || update(&*s)).await {
-        // The lease runs out and the row is tried again: at least once, never lost.
-        tracing::error!(error = %e, "webhook outbox cannot be updated");
+    // An update that is lost lets the lease run out, and the forward is sent again. The
+    // attempt took at most the receiver's timeout, so 30 s of the lease remain: keep trying
+    // for part of it, so that a shared store restarting does not make a duplicate. The
+    // updates are idempotent (a retried one whose first reply was lost changes nothing).
+    let give_up = std::time::Instant::now() + UPDATE_RETRY;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let (s, u) = (store.clone(), update.clone());
+        match blocking(move || u(&*s)).await {
+            Some(Err(e)) if std::time::Instant::now() + delay < give_up => {
+                tracing::warn!(error = %e, delivery = %f.delivery, "webhook outbox cannot be updated; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Some(Err(e)) => {
+                // At least once, never lost: the forward is sent again after its lease.
+                tracing::error!(error = %e, delivery = %f.delivery, "webhook outbox cannot be updated; the forward will be sent again when its lease runs out");
+                break;
+            }
+            Some(Ok(())) | None => break,
+        }
     }
 }
+
+/// How long a forward's outcome is retried into an unreachable store (within its lease).
+const UPDATE_RETRY: Duration = Duration::from_secs(20);
 
 /// Exponential backoff with jitter: a random delay in [d/2, d], d = base * 2^(n-1), capped.
 fn backoff(hooks: &Hooks, attempt: u32) -> Duration {

@@ -1,7 +1,8 @@
-//! Pooled connections to upstreams and the mapping of their failures.
+//! How upstreams are reached (connector, pooled client) and how their failures map to answers.
 //!
-//! One client per route: each route may have its own CA bundle and protocol, and each keeps
-//! its own keep-alive pool. `https://` upstreams are reached over TLS only (no silent
+//! One connector and one pooled client per route: each route may have its own CA bundle and
+//! protocol. The pooled client carries HTTP/2 upstreams and WebSocket upgrades; plain HTTP/1
+//! exchanges use the connector through [`super::pool`]. `https://` upstreams are reached over TLS only (no silent
 //! downgrade); a route with `upstream_ca_file` trusts that bundle alone, others trust the
 //! system roots (which honour `SSL_CERT_FILE`/`SSL_CERT_DIR`).
 
@@ -25,11 +26,14 @@ use crate::telemetry::metrics::UpstreamErrorKind;
 /// What the gateway sends upstream: any streaming body whose errors say why it stopped.
 pub type ForwardBody = UnsyncBoxBody<Bytes, BodyError>;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
+/// TCP, then TLS for `https://` upstreams.
+pub type Connector = HttpsConnector<HttpConnector>;
+
+pub type UpstreamClient = Client<Connector, ForwardBody>;
 
 /// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
+pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
@@ -45,6 +49,8 @@ pub enum ClientBuildError {
         path: String,
         message: String,
     },
+    #[error("route {route}: upstream address: {message}")]
+    Target { route: String, message: String },
     #[error("{route}: TLS setup: {source}")]
     Tls {
         route: String,
@@ -92,8 +98,9 @@ pub fn root_store(
     Ok(Arc::new(store))
 }
 
-/// Builds the pooled client for one route.
-pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
+/// The connector for one route: TCP with the route's connect timeout, then TLS for
+/// `https://` upstreams. Shared by the pooled client and the inline connections.
+pub fn connector(route: &RouteConfig) -> Result<Connector, ClientBuildError> {
     let roots = root_store(
         route.upstream.ca_file.as_deref(),
         &format!("route {}", route.name),
@@ -119,11 +126,15 @@ pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
     } else {
         builder.https_or_http()
     };
-    let connector = match route.upstream.protocol {
+    Ok(match route.upstream.protocol {
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
         UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
+    })
+}
 
+/// Builds the pooled client for one route: HTTP/2 upstreams and WebSocket upgrades use it
+/// (plain HTTP/1 exchanges go through [`super::pool`]).
+pub fn build(route: &RouteConfig, connector: Connector) -> UpstreamClient {
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_timer(TokioTimer::new())
@@ -135,11 +146,17 @@ pub fn build(route: &RouteConfig) -> Result<UpstreamClient, ClientBuildError> {
     if route.upstream.protocol == UpstreamProtocol::Http2 {
         client.http2_only(true);
     }
-    Ok(client.build(connector))
+    client.build(connector)
 }
 
-/// Maps a failed upstream exchange to the answer the client gets.
+/// Maps a failed exchange of the pooled client to the answer the client gets.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+    classify_error(err, err.is_connect())
+}
+
+/// Maps a failed upstream exchange to the answer the client gets. `connecting` says whether
+/// it failed before a connection to the upstream was made.
+pub fn classify_error(err: &(dyn std::error::Error + 'static), connecting: bool) -> ProxyError {
     if let Some(body) = find_body_error(err) {
         return match body {
             BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(*limit),
@@ -149,7 +166,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
     }
     let kind = if has_cause(err, &|e| e.is::<rustls::Error>()) {
         UpstreamErrorKind::Tls
-    } else if !err.is_connect() {
+    } else if !connecting {
         UpstreamErrorKind::Reset
     } else if has_cause(err, &|e| {
         e.downcast_ref::<std::io::Error>()

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
+use super::pool::Slot;
 use crate::server::h1_guard::FramingFlag;
 
 /// Facts about one client connection, shared by all requests on it.
@@ -28,6 +29,9 @@ pub struct Downstream {
     /// Keeps the connection counted (connection limit, drain on shutdown) while anything
     /// that outlives the HTTP exchange, such as a WebSocket tunnel, still uses it.
     pub conn_guard: Arc<dyn std::any::Any + Send + Sync>,
+    /// The upstream connection this client connection's last request used, kept for its
+    /// next one.
+    pub upstream_slot: Arc<Slot>,
 }
 
 impl Downstream {
@@ -49,6 +53,7 @@ impl Downstream {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             peer_text: peer.to_string().into_boxed_str(),
             conn_guard,
+            upstream_slot: Arc::new(Slot::default()),
         }
     }
 

@@ -11,11 +11,13 @@ pub mod client;
 pub mod downstream;
 pub mod endpoints;
 pub mod error;
+pub mod exchange;
 pub mod headers;
 pub mod host;
 pub mod ingest;
 pub mod inspect;
 pub mod path;
+pub mod pool;
 pub mod request_id;
 pub mod response;
 pub mod route;
@@ -885,12 +887,19 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(rc.upstream.scheme.clone())
-        .authority(rc.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::Framing("request target cannot be forwarded"))?;
+    // Plain HTTP/1 exchanges run on connections this request's task drives; HTTP/2 upstreams
+    // and upgrades go through the pooled client, which needs the absolute target.
+    let inline = rc.upstream.protocol == UpstreamProtocol::Http1 && upgrade.is_none();
+    parts.uri = if inline {
+        Uri::from(path_and_query)
+    } else {
+        Uri::builder()
+            .scheme(rc.upstream.scheme.clone())
+            .authority(rc.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::Framing("request target cannot be forwarded"))?
+    };
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
 
@@ -901,18 +910,32 @@ async fn forward(
         progress,
     } = inbound;
     let started = Instant::now();
-    let mut pending = std::pin::pin!(
-        route
-            .client
-            .request(Request::from_parts(parts, forward_body))
-    );
+    let request = Request::from_parts(parts, forward_body);
+    let mut pending = std::pin::pin!(async {
+        if inline {
+            exchange::send(&route.upstream, &ctx.down.upstream_slot, request)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(route = %rc.name, error = ?e, "upstream exchange failed");
+                    let connecting = matches!(e, exchange::ExchangeError::Connect(_));
+                    client::classify_error(&e, connecting)
+                })
+        } else {
+            route
+                .client
+                .request(request)
+                .await
+                .map(|resp| resp.map(exchange::UpstreamBody::pooled))
+                .map_err(|e| {
+                    tracing::debug!(route = %rc.name, error = ?e, "upstream exchange failed");
+                    client::classify(&e)
+                })
+        }
+    });
     let mut deadline = started + rc.timeouts.response;
     let mut resp = loop {
         tokio::select! {
-            result = &mut pending => break result.map_err(|e| {
-                tracing::debug!(route = %rc.name, error = ?e, "upstream exchange failed");
-                client::classify(&e)
-            })?,
+            result = &mut pending => break result?,
             () = tokio::time::sleep_until(deadline) => {
                 let due = progress.as_ref().map_or(started, |p| p.last().max(started)) + rc.timeouts.response;
                 if Instant::now() >= due {

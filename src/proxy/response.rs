@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
 
@@ -16,6 +15,7 @@ use super::audit::OutcomeRecorder;
 use super::body::{BodyError, Guarded};
 use super::downstream::InFlight;
 use super::error::ProxyError;
+use super::exchange::UpstreamBody;
 use super::headers::X_REQUEST_ID;
 use super::route::Route;
 use crate::telemetry::metrics::UpstreamErrorKind;
@@ -23,7 +23,7 @@ use crate::telemetry::metrics::UpstreamErrorKind;
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Guarded<Incoming> },
+        Upstream { #[pin] body: Guarded<UpstreamBody> },
         Bytes { data: Option<Bytes> },
         Channel { first: Option<Streamed>, rx: mpsc::Receiver<Streamed>, done: bool },
     }
@@ -52,7 +52,7 @@ pin_project! {
 
 impl ResponseBody {
     pub fn upstream(
-        body: Guarded<Incoming>,
+        body: Guarded<UpstreamBody>,
         route: Arc<Route>,
         in_flight: Option<InFlight>,
     ) -> Self {

@@ -13,13 +13,17 @@ use super::client::{self, UpstreamClient};
 use super::error::ProxyError;
 use super::host::{HostRef, MAX_HOST_LEN};
 use super::path::has_prefix;
+use super::pool::Upstream;
 use crate::broker::Broker;
 use crate::config::{Config, RouteConfig};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 
-/// A route ready to serve: its settings, pooled client and pre-resolved metrics.
+/// A route ready to serve: its settings, upstream connections and pre-resolved metrics.
 pub struct Route {
     pub config: RouteConfig,
+    /// HTTP/1 connections driven by the requests that use them.
+    pub upstream: Arc<Upstream>,
+    /// hyper-util's pooled client, for HTTP/2 upstreams and WebSocket upgrades.
     pub client: UpstreamClient,
     pub metrics: RouteMetrics,
     /// `Host` sent upstream unless the route preserves the client's.
@@ -41,8 +45,23 @@ impl RouteTable {
         for rc in &config.routes {
             let upstream_host = HeaderValue::from_str(rc.upstream.authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+            let connector = client::connector(rc)?;
+            let target = http::Uri::builder()
+                .scheme(rc.upstream.scheme.clone())
+                .authority(rc.upstream.authority.clone())
+                .path_and_query("/")
+                .build()
+                .map_err(|e| client::ClientBuildError::Target {
+                    route: rc.name.clone(),
+                    message: e.to_string(),
+                })?;
             let route = Arc::new(Route {
-                client: client::build(rc)?,
+                upstream: Upstream::new(
+                    connector.clone(),
+                    target,
+                    metrics.upstream_connections(&rc.name),
+                ),
+                client: client::build(rc, connector),
                 metrics: metrics.for_route(&rc.name),
                 upstream_host,
                 broker: Broker::load(rc).map_err(|e| RuntimeError::Secret {

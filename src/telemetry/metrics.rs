@@ -54,6 +54,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    upstream_connections: IntCounterVec,
     rejected: IntCounterVec,
     pub active_connections: IntGauge,
     pub connections: IntCounter,
@@ -122,6 +123,13 @@ impl Metrics {
             ),
             &["route", "kind"],
         )?;
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_connections_opened_total",
+                "Connections opened to upstreams for HTTP/1 exchanges, by route (reused ones are not counted).",
+            ),
+            &["route"],
+        )?;
         let rejected = IntCounterVec::new(
             Opts::new(
                 "gatehouse_requests_rejected_total",
@@ -165,6 +173,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -211,6 +220,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            upstream_connections,
             rejected,
             active_connections,
             connections,
@@ -219,6 +229,11 @@ impl Metrics {
             certificate_reloads,
             connection_limit_reached,
         })
+    }
+
+    /// Counts the HTTP/1 connections a route opens to its upstream.
+    pub fn upstream_connections(&self, route: &str) -> IntCounter {
+        self.upstream_connections.with_label_values(&[route])
     }
 
     /// Resolves every label combination a route can produce.

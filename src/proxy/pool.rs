@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -39,7 +39,11 @@ pub type Sender = http1::SendRequest<ForwardBody>;
 
 /// How often the shared list is swept for connections the upstream closed or that idled
 /// too long, so they do not sit half-closed until the next request.
-const REAP_EVERY: Duration = Duration::from_secs(10);
+const REAP_EVERY: Duration = if cfg!(test) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_secs(10)
+};
 
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ pub struct Upstream {
     idle: Mutex<VecDeque<Lease>>,
     /// Whether a reaper task sweeps `idle` (set while the list is not empty).
     reaping: AtomicBool,
+    /// Idle connections held in client connections' slots.
+    in_slots: AtomicUsize,
     opened: IntCounter,
 }
 
@@ -85,6 +91,7 @@ impl Upstream {
             http1: http1::Builder::new(),
             idle: Mutex::new(VecDeque::new()),
             reaping: AtomicBool::new(false),
+            in_slots: AtomicUsize::new(0),
             opened,
         })
     }
@@ -151,9 +158,9 @@ impl Upstream {
         }
     }
 
-    /// Idle connections in the shared list (for tests and the reaper).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
+    /// Idle connections: in the shared list, and in client connections' slots.
+    pub fn idle_counts(&self) -> (usize, usize) {
+        (self.lock().len(), self.in_slots.load(Ordering::Acquire))
     }
 }
 
@@ -235,24 +242,43 @@ impl Slot {
             .as_ref()
             .is_some_and(|l| Arc::ptr_eq(&l.home, upstream))
         {
-            slot.take()
+            slot.take().inspect(Lease::leave_slot)
         } else {
             None
         }
     }
 
-    /// Keeps `lease`; gives back the connection that no longer fits.
+    /// Keeps `lease`; gives back the connection that no longer fits (this one when the
+    /// route's slots already hold their share, or another route's that it displaces).
     fn put(&self, lease: Lease) -> Option<Lease> {
         let mut slot = self.lock();
-        match slot.as_ref() {
-            None => {
-                *slot = Some(lease);
-                None
-            }
-            // Another route's connection gives way to the most recent one.
-            Some(held) if !Arc::ptr_eq(&held.home, &lease.home) => slot.replace(lease),
-            Some(_) => Some(lease),
+        if slot
+            .as_ref()
+            .is_some_and(|held| Arc::ptr_eq(&held.home, &lease.home))
+            || !lease.enter_slot()
+        {
+            return Some(lease);
         }
+        // Another route's connection gives way to the most recent one.
+        slot.replace(lease).inspect(Lease::leave_slot)
+    }
+}
+
+impl Lease {
+    /// Counts the lease into its route's slots, unless they already hold
+    /// `POOL_MAX_IDLE_PER_HOST`: idle connections stay bounded however many client
+    /// connections sit idle.
+    fn enter_slot(&self) -> bool {
+        let held = self.home.in_slots.fetch_add(1, Ordering::AcqRel);
+        if held >= POOL_MAX_IDLE_PER_HOST {
+            self.home.in_slots.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn leave_slot(&self) {
+        self.home.in_slots.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -263,12 +289,133 @@ impl Drop for Slot {
             .0
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .take()
+            .inspect(Lease::leave_slot);
         if let Some(mut lease) = taken
             && lease.usable()
         {
             let home = lease.home.clone();
             home.put_shared(lease);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    fn upstream(addr: std::net::SocketAddr) -> Arc<Upstream> {
+        let tls = rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(HttpConnector::new());
+        let target: Uri = format!("http://{addr}/").parse().expect("uri");
+        let opened = IntCounter::new("opened", "test").expect("counter");
+        Upstream::new(connector, target, opened)
+    }
+
+    /// A server that accepts connections and keeps them open, saying nothing.
+    async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_stay_bounded_however_many_client_connections_hold_one() {
+        let (addr, server) = silent_server().await;
+        let up = upstream(addr);
+        let n = POOL_MAX_IDLE_PER_HOST + 40;
+        let slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+        for slot in &slots {
+            let lease = up.connect().await.expect("connect");
+            lease.release(slot);
+        }
+        // The slots hold their share; the rest wait in the shared list.
+        assert_eq!(up.idle_counts(), (40, POOL_MAX_IDLE_PER_HOST));
+        assert_eq!(up.opened.get(), n as u64);
+
+        // A client connection without one takes the newest from the shared list.
+        let fresh = Slot::default();
+        let lease = up.checkout(&fresh).await.expect("checkout");
+        assert!(lease.reused);
+        assert_eq!(up.idle_counts(), (39, POOL_MAX_IDLE_PER_HOST));
+        // The slots are full: it goes back to the shared list.
+        lease.release(&fresh);
+        assert_eq!(up.idle_counts(), (40, POOL_MAX_IDLE_PER_HOST));
+
+        // Client connections close: their connections move to the shared list, which keeps
+        // the newest POOL_MAX_IDLE_PER_HOST.
+        drop(slots);
+        drop(fresh);
+        assert_eq!(up.idle_counts(), (POOL_MAX_IDLE_PER_HOST, 0));
+        assert_eq!(
+            up.opened.get(),
+            n as u64,
+            "nothing was opened to serve the checkout"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_slot_keeps_its_own_route_connection_and_gives_way_to_another_route() {
+        let (addr, server) = silent_server().await;
+        let (a, b) = (upstream(addr), upstream(addr));
+        let slot = Slot::default();
+        a.connect().await.expect("connect").release(&slot);
+        // A second connection to the same route goes to the shared list.
+        a.connect().await.expect("connect").release(&slot);
+        assert_eq!(a.idle_counts(), (1, 1));
+        // Another route's connection takes the slot; the displaced one is shared.
+        b.connect().await.expect("connect").release(&slot);
+        assert_eq!(a.idle_counts(), (2, 0));
+        assert_eq!(b.idle_counts(), (0, 1));
+        assert!(slot.take(&a).is_none());
+        assert!(slot.take(&b).is_some());
+        assert_eq!(b.idle_counts(), (0, 0));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn the_reaper_drops_shared_connections_the_upstream_closed() {
+        let (addr, server) = silent_server().await;
+        let up = upstream(addr);
+        for _ in 0..3 {
+            let slot = Slot::default();
+            up.connect().await.expect("connect").release(&slot);
+        }
+        assert_eq!(up.idle_counts(), (3, 0));
+        // The upstream goes away (its sockets close); nobody asks for a connection.
+        server.abort();
+        let _ = server.await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while up.idle_counts() != (0, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "{:?} still idle",
+                up.idle_counts()
+            );
+            tokio::time::sleep(REAP_EVERY).await;
+        }
+        tokio::time::sleep(REAP_EVERY * 2).await;
+        assert!(
+            !up.reaping.load(Ordering::Acquire),
+            "the reaper stops once the list is empty"
+        );
     }
 }

@@ -227,6 +227,21 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             stop_rx.clone(),
         ));
     }
+    // Reload triggers (SIGHUP, file watches) are in place before anyone learns the
+    // addresses: a change made right after start is not missed.
+    reload::spawn(reload::Reloader {
+        gateway: gateway.clone(),
+        resolver,
+        settings: settings.clone(),
+        config_path: config.source.clone(),
+        tls: config.tls.clone(),
+        policy_dir: config
+            .policy
+            .as_ref()
+            .filter(|p| p.watch)
+            .map(|p| p.dir.clone()),
+    })
+    .map_err(ServeError::Signal)?;
     if let Some(path) = &options.addr_file {
         write_atomically(path, &addr_lines).map_err(|source| ServeError::AddrFile {
             path: path.clone(),
@@ -245,19 +260,6 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<(), ServeErr
             stop: stop_rx.clone(),
         })));
     }
-    reload::spawn(reload::Reloader {
-        gateway: gateway.clone(),
-        resolver,
-        settings,
-        config_path: config.source.clone(),
-        tls: config.tls.clone(),
-        policy_dir: config
-            .policy
-            .as_ref()
-            .filter(|p| p.watch)
-            .map(|p| p.dir.clone()),
-    })
-    .map_err(ServeError::Signal)?;
 
     wait_for_stop_signal().await.map_err(ServeError::Signal)?;
     tracing::info!(grace = ?grace, "shutting down: no new connections, draining in-flight requests");

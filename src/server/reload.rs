@@ -69,9 +69,10 @@ pub fn spawn(mut r: Reloader) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let config_path = std::path::absolute(&r.config_path)?;
+    // Watching starts before this returns, so a file changed right after start is seen.
+    let mut watch = FileWatch::new(tx);
+    watch.update(&config_path, r.tls.as_ref(), r.policy_dir.as_deref());
     tokio::spawn(async move {
-        let mut watch = FileWatch::new(tx);
-        watch.update(&config_path, r.tls.as_ref(), r.policy_dir.as_deref());
         loop {
             let first = tokio::select! {
                 _ = hup.recv() => Trigger::Signal,

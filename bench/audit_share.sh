@@ -118,6 +118,7 @@ GROUPS = [
     ('writer: file writes and fsync (kernel)', None),
     ('writer: checkpoints', lambda f: 'Writer::checkpoint' in f),
     ('writer: the rest (batching, acks, metrics)', lambda f: 'gatehouse::audit::writer::Writer' in f),
+    ('syncer thread: batch fsyncs', lambda f: 'start_syncer' in f),
     ('request path: records built and handed over', lambda f: f.startswith('gatehouse::proxy::audit')
         or f.startswith('gatehouse::audit::')),
 ]
@@ -150,8 +151,10 @@ for frames in samples:
         by[GROUPS[2][0]] += 1
     elif any('gatehouse::audit::writer::Writer' in n for n in names):
         by[GROUPS[3][0]] += 1
-    else:
+    elif any('start_syncer' in n for n in names):
         by[GROUPS[4][0]] += 1
+    else:
+        by[GROUPS[5][0]] += 1
 if total == 0:
     print('no samples')
     sys.exit(1)

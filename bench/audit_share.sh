@@ -129,7 +129,7 @@ for line in open(sys.argv[1], errors='replace'):
     if line.startswith('\t') or line.startswith(' '):
         parts = line.strip().split(' ', 1)
         if len(parts) == 2:
-            cur.append((parts[0], outer(parts[1])))
+            cur.append((parts[0], outer(parts[1]), parts[1]))
     elif cur:
         samples.append(cur)
         cur = []
@@ -137,9 +137,11 @@ if cur:
     samples.append(cur)
 for frames in samples:
     total += 1
-    names = [f for _, f in frames]
-    if not any(n.startswith('gatehouse::audit::') or n.startswith('gatehouse::proxy::audit')
-               for n in names):
+    names = [f for _, f, _ in frames]
+    # The syncer thread's frames name it only in generic arguments, which `outer` drops.
+    syncer = any('gatehouse::audit::writer::start_syncer' in raw for _, _, raw in frames)
+    if not syncer and not any(n.startswith('gatehouse::audit::')
+                              or n.startswith('gatehouse::proxy::audit') for n in names):
         continue
     audit += 1
     in_kernel = frames[0][0].startswith('ffffffff')
@@ -151,7 +153,7 @@ for frames in samples:
         by[GROUPS[2][0]] += 1
     elif any('gatehouse::audit::writer::Writer' in n for n in names):
         by[GROUPS[3][0]] += 1
-    elif any('start_syncer' in n for n in names):
+    elif syncer:
         by[GROUPS[4][0]] += 1
     else:
         by[GROUPS[5][0]] += 1

@@ -89,14 +89,7 @@ async fn serve(mut stream: TcpStream, conn: usize, seen: Arc<Seen>, idle_close: 
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
+        let length = raw::content_length(&head);
         if path == "/early" {
             let _ = stream
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")

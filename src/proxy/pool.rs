@@ -159,7 +159,8 @@ impl Upstream {
     }
 
     /// Idle connections: in the shared list, and in client connections' slots.
-    pub fn idle_counts(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn idle_counts(&self) -> (usize, usize) {
         (self.lock().len(), self.in_slots.load(Ordering::Acquire))
     }
 }

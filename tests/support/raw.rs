@@ -106,6 +106,17 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The `Content-Length` of a raw HTTP/1 head (0 when absent or unreadable).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Reads one complete HTTP/1.1 response head (and a Content-Length body) without waiting for
 /// the connection to close, so the connection can be reused.
 pub async fn read_one<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Response {
@@ -123,14 +134,7 @@ pub async fn read_one<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Response {
         }
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-        })
-        .unwrap_or(0);
+    let len = content_length(&head);
     let mut body = vec![0u8; len];
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
     buf.extend_from_slice(&body);

@@ -1258,3 +1258,49 @@ fn export_refuses_bad_arguments_precisely() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no audit files"), "{err}");
 }
+
+/// Bytes of `file` in the page cache, and its size (`fincore` from util-linux).
+fn resident(file: &Path) -> (u64, u64) {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
+        .arg(file)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "fincore: {}", text(&out.stderr));
+    let cells: Vec<u64> = text(&out.stdout)
+        .split_whitespace()
+        .map(|c| c.parse().expect("a byte count"))
+        .collect();
+    assert_eq!(cells.len(), 2, "fincore printed {:?}", text(&out.stdout));
+    (cells[0], cells[1])
+}
+
+/// The log is written once and read rarely: once synced, its pages leave the page cache, so
+/// what the gateway records does not crowd out memory others need. Reading the file back
+/// brings them in again, which shows the count is the kernel's and not a constant.
+#[test]
+fn synced_records_leave_the_page_cache() {
+    // Under the target dir, not /tmp: a tmpfs cannot drop pages that hold its only copy.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("audit");
+    let records: Vec<Record> = (0..3000)
+        .map(|n| request(&now(), n, "alice", "gogs", "allow"))
+        .collect();
+    write_records(config(&dir, "r1"), &records);
+    let files = log_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (cached, size) = resident(&files[0]);
+    assert!(size > 1 << 20, "the log holds {size} bytes");
+    // The last, partly written page may stay.
+    assert!(
+        cached <= 4096,
+        "{cached} of {size} bytes still cached after the final sync"
+    );
+    let back = std::fs::read(&files[0]).unwrap();
+    assert_eq!(back.len() as u64, size);
+    let (cached, _) = resident(&files[0]);
+    assert!(
+        cached >= size - 4096,
+        "{cached} of {size} bytes cached after reading it"
+    );
+}

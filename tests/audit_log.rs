@@ -1304,3 +1304,52 @@ fn synced_records_leave_the_page_cache() {
         "{cached} of {size} bytes cached after reading it"
     );
 }
+
+/// The writer as the gateway runs it (a task of a multi-threaded runtime) keeps its timed
+/// duties while records arrive without pause: interval checkpoints are signed under load,
+/// not only at shutdown.
+#[test]
+fn interval_checkpoints_happen_under_sustained_load() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = config(&dir, "r1");
+    cfg.checkpoint_every = u64::MAX;
+    cfg.checkpoint_interval = Duration::from_millis(100);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let log = AuditLog::start(cfg, Arc::new(AuditMetrics::unregistered().unwrap())).unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(800);
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while std::time::Instant::now() < until {
+                        log.write(request(&now(), t * 1_000_000 + n, "alice", "gogs", "allow"))
+                            .await
+                            .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut written = 0;
+        for t in tasks {
+            written += t.await.unwrap();
+        }
+        assert!(written > 1000, "only {written} records written");
+        let files = log_files(&dir);
+        let checkpoints = std::fs::read_to_string(checkpoints_of(&files[0])).unwrap_or_default();
+        let timed = checkpoints.matches("\"reason\":\"interval\"").count();
+        assert!(
+            timed >= 3,
+            "{timed} interval checkpoints in 800 ms of load ({written} records):\n{checkpoints}"
+        );
+        log.shutdown().await;
+    });
+}

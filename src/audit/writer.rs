@@ -19,6 +19,7 @@ use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
@@ -153,7 +154,12 @@ impl AuditLog {
             healthy,
             metrics,
         };
+        let thread_error = |what: &str, e: std::io::Error| StartError::Dir {
+            dir: PathBuf::new(),
+            message: format!("cannot start the {what} thread: {e}"),
+        };
         match tokio::runtime::Handle::try_current() {
+            // Ticks come from the runtime's timer.
             Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 rt.spawn(writer.run_async(rx, background_rx));
             }
@@ -161,25 +167,18 @@ impl AuditLog {
                 std::thread::Builder::new()
                     .name("audit-writer".into())
                     .spawn(move || writer.run(rx, background_rx))
-                    .map_err(|e| StartError::Dir {
-                        dir: PathBuf::new(),
-                        message: format!("cannot start the writer thread: {e}"),
-                    })?;
+                    .map_err(|e| thread_error("writer", e))?;
+                // A ticker drives interval fsyncs, checkpoints and retries.
+                std::thread::Builder::new()
+                    .name("audit-ticker".into())
+                    .spawn(move || {
+                        while tx.blocking_send(Msg::Tick).is_ok() {
+                            std::thread::sleep(TICK);
+                        }
+                    })
+                    .map_err(|e| thread_error("ticker", e))?;
             }
         }
-        // A ticker drives interval fsyncs, checkpoints and retries.
-        let ticker = tx;
-        std::thread::Builder::new()
-            .name("audit-ticker".into())
-            .spawn(move || {
-                while ticker.blocking_send(Msg::Tick).is_ok() {
-                    std::thread::sleep(TICK);
-                }
-            })
-            .map_err(|e| StartError::Dir {
-                dir: PathBuf::new(),
-                message: format!("cannot start the ticker thread: {e}"),
-            })?;
         Ok(log)
     }
 
@@ -432,7 +431,7 @@ impl Writer {
                     None => break,
                 }
             };
-            match self.step(first, &mut rx, &background) {
+            match self.step(first, false, &mut rx, &background) {
                 Some(m) => more = m,
                 None => return,
             }
@@ -448,23 +447,33 @@ impl Writer {
         mut rx: mpsc::Receiver<Msg>,
         background: std::sync::mpsc::Receiver<Box<Record>>,
     ) {
+        // Ticks from the runtime's timer, not from a thread: no thread wakes the worker every
+        // 5 ms. One that came due while a batch was written is taken at the next pass.
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut more = false;
         loop {
             let first = if more {
                 tokio::task::yield_now().await;
                 rx.try_recv().ok()
             } else {
-                match rx.recv().await {
-                    Some(m) => {
-                        // Group commit: let the other tasks that are ready run first, so
-                        // their records join this batch and one write serves them all.
-                        tokio::task::yield_now().await;
-                        Some(m)
-                    }
-                    None => break,
+                tokio::select! {
+                    biased;
+                    m = rx.recv() => match m {
+                        Some(m) => {
+                            // Group commit: let the other tasks that are ready run first, so
+                            // their records join this batch and one write serves them all.
+                            tokio::task::yield_now().await;
+                            Some(m)
+                        }
+                        None => break,
+                    },
+                    _ = ticks.tick() => Some(Msg::Tick),
                 }
             };
-            match self.step(first, &mut rx, &background) {
+            // Records arriving without pause must not starve the tick.
+            let due = std::future::poll_fn(|cx| Poll::Ready(ticks.poll_tick(cx).is_ready())).await;
+            match self.step(first, due, &mut rx, &background) {
                 Some(m) => more = m,
                 None => return,
             }
@@ -472,11 +481,13 @@ impl Writer {
         self.finish(&background);
     }
 
-    /// One batch: what is queued, then ticks and shutdown. `None` once shut down; otherwise
-    /// whether records were left behind in the background queue.
+    /// One batch: what is queued, then ticks (`due`: a tick not sent as a message) and
+    /// shutdown. `None` once shut down; otherwise whether records were left behind in the
+    /// background queue.
     fn step(
         &mut self,
         first: Option<Msg>,
+        due: bool,
         rx: &mut mpsc::Receiver<Msg>,
         background: &std::sync::mpsc::Receiver<Box<Record>>,
     ) -> Option<bool> {
@@ -497,7 +508,7 @@ impl Writer {
         }
         let more = records.len() == MAX_BATCH;
         let mut shutdown = None;
-        let mut tick = false;
+        let mut tick = due;
         for m in batch {
             match m {
                 Msg::Record(r, ack) => records.push((r, ack)),

@@ -307,13 +307,10 @@ fn start_syncer(
         .spawn(move || {
             for f in rx {
                 // What was written before the sync is on disk after it.
-                let synced = f.metadata().map_or(0, |m| m.len());
-                match f.sync_data() {
-                    Ok(()) => uncache(&f, synced),
-                    Err(e) => {
-                        metrics.write_errors.inc();
-                        tracing::error!(error = %e, "audit log fsync failed");
-                    }
+                let written = f.metadata().map_or(0, |m| m.len());
+                if let Err(e) = sync_file(&f, written) {
+                    metrics.write_errors.inc();
+                    tracing::error!(error = %e, "audit log fsync failed");
                 }
             }
         })
@@ -324,19 +321,22 @@ fn start_syncer(
     Ok(tx)
 }
 
-/// Drops a synced file's pages from the page cache. The log is written once and read rarely
-/// (verify, export, recovery): kept cached, it would grow the page cache by all the gateway
-/// records and push out pages that others need, and on a VM that hands free memory back to the
-/// host every new page cache page costs a fault in the hypervisor (bench/README.md measured
-/// it). Only the first `synced` bytes, which a sync has just written: the kernel would start
-/// writing back dirty pages it was asked to drop, and then wait on every core's page lists.
-fn uncache(f: &File, synced: u64) {
+/// Syncs a log file whose first `written` bytes were written before the call, then drops
+/// those bytes' pages from the page cache. The log is written once and read rarely (verify,
+/// export, recovery): kept cached, it would grow the page cache by all the gateway records and
+/// push out pages that others need, and on a VM that hands free memory back to the host every
+/// new page cache page costs a fault in the hypervisor (bench/README.md measured it). Only
+/// what the sync covered: the kernel would start writing back dirty pages it was asked to
+/// drop, and then wait on every core's page lists.
+fn sync_file(f: &File, written: u64) -> std::io::Result<()> {
+    f.sync_data()?;
     #[cfg(target_os = "linux")]
-    if let Some(len) = std::num::NonZeroU64::new(synced) {
+    if let Some(len) = std::num::NonZeroU64::new(written) {
         let _ = rustix::fs::fadvise(f, 0, Some(len), rustix::fs::Advice::DontNeed);
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (f, synced);
+    let _ = written;
+    Ok(())
 }
 
 /// Runs a future to completion on a throwaway current-thread runtime.
@@ -618,7 +618,7 @@ impl Writer {
         let written = match self.file.as_mut() {
             Some(f) => f.write_all(&buffer).and_then(|()| {
                 if self.cfg.fsync == FsyncPolicy::Always {
-                    f.sync_data()
+                    sync_file(f, self.file_len + buffer.len() as u64)
                 } else {
                     Ok(())
                 }
@@ -638,11 +638,6 @@ impl Writer {
         }
         self.file_len += buffer.len() as u64;
         self.buffer = buffer;
-        if self.cfg.fsync == FsyncPolicy::Always
-            && let Some(f) = &self.file
-        {
-            uncache(f, self.file_len);
-        }
         let n = records.len() as u64;
         self.unsynced += n;
         self.since_checkpoint += n;
@@ -744,9 +739,8 @@ impl Writer {
 
     fn sync_now(&mut self) {
         if let Some(f) = &self.file
-            && f.sync_data().is_ok()
+            && sync_file(f, self.file_len).is_ok()
         {
-            uncache(f, self.file_len);
             self.unsynced = 0;
             self.last_sync = Instant::now();
         }

@@ -1353,3 +1353,55 @@ fn interval_checkpoints_happen_under_sustained_load() {
         log.shutdown().await;
     });
 }
+
+/// Checkpoints are signed and written on the syncer thread, after the sync that puts their
+/// records on disk. One that cannot be written is made again at the next interval, naming
+/// the latest record even when nothing was written since, so the end of the log is covered
+/// once the disk takes writes again.
+#[test]
+fn a_checkpoint_that_could_not_be_written_is_made_again() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = config(&dir, "r1");
+    cfg.checkpoint_every = u64::MAX;
+    cfg.checkpoint_interval = Duration::from_millis(300);
+    let metrics = Arc::new(AuditMetrics::unregistered().unwrap());
+    runtime().block_on(async {
+        let log = AuditLog::start(cfg, metrics.clone()).unwrap();
+        log.write(request(&now(), 1, "alice", "gogs", "allow"))
+            .await
+            .unwrap();
+        // A directory where the checkpoints file goes: appending to it fails.
+        let files = log_files(&dir);
+        let blocked = checkpoints_of(&files[0]);
+        std::fs::create_dir(&blocked).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metrics.write_errors.get() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no failed checkpoint reported"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.checkpoints.get(), 0);
+        std::fs::remove_dir(&blocked).unwrap();
+        while metrics.checkpoints.get() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint after the disk took writes again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let written = std::fs::read_to_string(&blocked).unwrap();
+        assert!(
+            written.contains("\"reason\":\"interval\"") && written.contains("\"seq\":1,"),
+            "{written}"
+        );
+        log.shutdown().await;
+    });
+    // Nothing came after the retried checkpoint: shutdown had nothing new to name.
+    let lines = std::fs::read_to_string(checkpoints_of(&log_files(&dir)[0])).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    let (ok, out) = verify_dir(&dir);
+    assert!(ok, "{out}");
+}

@@ -134,9 +134,15 @@ impl AuditLog {
             replica: Arc::from(cfg.replica.as_str()),
             enqueue_timeout: cfg.enqueue_timeout,
         };
+        let checkpoint_failed = Arc::new(AtomicBool::new(false));
+        let syncer = start_syncer(
+            metrics.clone(),
+            signer,
+            cfg.mirror.clone(),
+            checkpoint_failed.clone(),
+        )?;
         let writer = Writer {
             cfg,
-            signer,
             file: None,
             file_name: String::new(),
             file_len: 0,
@@ -150,7 +156,8 @@ impl AuditLog {
             last_sync: Instant::now(),
             pending: VecDeque::new(),
             buffer: Vec::new(),
-            syncer: start_syncer(metrics.clone())?,
+            syncer,
+            checkpoint_failed,
             healthy,
             metrics,
         };
@@ -297,20 +304,87 @@ fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The thread that runs batch-policy fsyncs.
+/// Work for the syncer thread, done in the order it was handed over.
+enum SyncJob {
+    /// A batch-policy fsync.
+    Sync(File),
+    /// Sync the log file, then sign and append the checkpoint (and its mirror copy).
+    Checkpoint(Box<CheckpointJob>),
+    /// Answered when everything handed over before it is done.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A checkpoint naming the last record written before the job was handed over, which the
+/// job's sync puts on disk before the checkpoint line refers to it.
+struct CheckpointJob {
+    log: File,
+    cp: Checkpoint,
+    /// `<log file>.checkpoints` in the log directory.
+    path: PathBuf,
+    /// The same file name, for the mirror directory.
+    name: String,
+}
+
+/// Jobs waiting for the syncer at most: room for a batch sync and a checkpoint behind the
+/// one running. A batch sync finding the queue full waits for the next batch or tick, a
+/// checkpoint for the next record or tick.
+const SYNC_QUEUE: usize = 2;
+
+/// The thread that runs fsyncs and checkpoints, so that the writer never waits on the disk
+/// (a checkpoint's sync took milliseconds, during which every request waiting for its record
+/// waited too: bench/README.md).
 fn start_syncer(
     metrics: Arc<AuditMetrics>,
-) -> Result<std::sync::mpsc::SyncSender<File>, StartError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<File>(1);
+    signer: Option<Signer>,
+    mirror: Option<PathBuf>,
+    checkpoint_failed: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::SyncSender<SyncJob>, StartError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(SYNC_QUEUE);
     std::thread::Builder::new()
         .name("audit-syncer".into())
         .spawn(move || {
-            for f in rx {
-                // What was written before the sync is on disk after it.
-                let written = f.metadata().map_or(0, |m| m.len());
-                if let Err(e) = sync_file(&f, written) {
-                    metrics.write_errors.inc();
-                    tracing::error!(error = %e, "audit log fsync failed");
+            for job in rx {
+                match job {
+                    SyncJob::Sync(f) => {
+                        // What was written before the sync is on disk after it.
+                        let written = f.metadata().map_or(0, |m| m.len());
+                        if let Err(e) = sync_file(&f, written) {
+                            metrics.write_errors.inc();
+                            tracing::error!(error = %e, "audit log fsync failed");
+                        }
+                    }
+                    SyncJob::Checkpoint(job) => {
+                        let CheckpointJob {
+                            log,
+                            cp,
+                            path,
+                            name,
+                        } = *job;
+                        let written = log.metadata().map_or(0, |m| m.len());
+                        let ok = match sync_file(&log, written) {
+                            Ok(()) => write_checkpoint(
+                                cp,
+                                &path,
+                                &name,
+                                signer.as_ref(),
+                                mirror.as_ref(),
+                                &metrics,
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, "audit log fsync before a checkpoint failed");
+                                false
+                            }
+                        };
+                        if ok {
+                            metrics.checkpoints.inc();
+                        } else {
+                            metrics.write_errors.inc();
+                            checkpoint_failed.store(true, Ordering::Release);
+                        }
+                    }
+                    SyncJob::Barrier(done) => {
+                        let _ = done.send(());
+                    }
                 }
             }
         })
@@ -319,6 +393,40 @@ fn start_syncer(
             message: format!("cannot start the syncer thread: {e}"),
         })?;
     Ok(tx)
+}
+
+/// Signs `cp` (when a key is configured) and appends it to `path` and to the mirror.
+/// Whether the checkpoint beside the log was written.
+fn write_checkpoint(
+    cp: Checkpoint,
+    path: &Path,
+    name: &str,
+    signer: Option<&Signer>,
+    mirror: Option<&PathBuf>,
+    metrics: &AuditMetrics,
+) -> bool {
+    let line = match signer {
+        Some(s) => s.sign(cp),
+        None => {
+            let mut l = serde_json::to_vec(&cp).unwrap_or_default();
+            l.push(b'\n');
+            l
+        }
+    };
+    let ok = match append_synced(path, &line) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot write the audit checkpoint");
+            false
+        }
+    };
+    if let Some(mirror) = mirror
+        && let Err(e) = append_synced(&mirror.join(name), &line)
+    {
+        tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
+        metrics.mirror_errors.inc();
+    }
+    ok
 }
 
 /// Syncs a log file whose first `written` bytes were written before the call, then drops
@@ -390,7 +498,6 @@ fn recover_before(files: &[PathBuf]) -> Result<(u64, String), String> {
 
 struct Writer {
     cfg: WriterConfig,
-    signer: Option<Signer>,
     file: Option<File>,
     file_name: String,
     file_len: u64,
@@ -406,8 +513,10 @@ struct Writer {
     pending: VecDeque<Box<Record>>,
     /// The batch being written, kept to reuse its allocation.
     buffer: Vec<u8>,
-    /// Hands files to the syncer thread (batch fsync off the writing path).
-    syncer: std::sync::mpsc::SyncSender<File>,
+    /// Hands fsyncs and checkpoints to the syncer thread (off the writing path).
+    syncer: std::sync::mpsc::SyncSender<SyncJob>,
+    /// Set by the syncer when a checkpoint could not be written: the next tick makes another.
+    checkpoint_failed: Arc<AtomicBool>,
     healthy: Arc<AtomicBool>,
     metrics: Arc<AuditMetrics>,
 }
@@ -538,7 +647,7 @@ impl Writer {
     /// Everything queued, a final checkpoint, a sync.
     fn finish(&mut self, background: &std::sync::mpsc::Receiver<Box<Record>>) {
         self.drain(background);
-        self.checkpoint("shutdown");
+        self.checkpoint_and_wait("shutdown");
         self.sync();
     }
 
@@ -568,7 +677,7 @@ impl Writer {
 
     fn rotate_now(&mut self) -> std::io::Result<()> {
         if self.file.is_some() {
-            self.checkpoint("rotation");
+            self.checkpoint_and_wait("rotation");
             self.sync();
         }
         let stamp = timestamp(SystemTime::now())
@@ -704,6 +813,12 @@ impl Writer {
         {
             self.sync_soon();
         }
+        if self.checkpoint_failed.swap(false, Ordering::AcqRel) {
+            // A checkpoint the syncer could not write: the next one (count, interval,
+            // rotation or shutdown) names the latest record even if none came since.
+            self.checkpointed_seq = 0;
+            self.since_checkpoint = self.since_checkpoint.max(1);
+        }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
         {
@@ -723,7 +838,7 @@ impl Writer {
         let Some(f) = &self.file else { return };
         match f.try_clone() {
             Ok(dup) => {
-                if self.syncer.try_send(dup).is_ok() {
+                if self.syncer.try_send(SyncJob::Sync(dup)).is_ok() {
                     self.unsynced = 0;
                     self.last_sync = Instant::now();
                 }
@@ -746,51 +861,66 @@ impl Writer {
         }
     }
 
-    /// Signs the latest record's position into `<file>.checkpoints` (and the mirror).
-    fn checkpoint(&mut self, reason: &str) {
-        off_runtime(|| self.checkpoint_now(reason))
+    /// The latest record's position as a job for the syncer, which puts the records on disk
+    /// and then signs the position into `<file>.checkpoints` (and the mirror). `None` when
+    /// there is nothing new to name.
+    fn checkpoint_job(&self, reason: &str) -> Option<SyncJob> {
+        if self.seq == self.checkpointed_seq {
+            return None;
+        }
+        let log = self.file.as_ref()?.try_clone().ok()?;
+        let name = format!("{}.checkpoints", self.file_name);
+        Some(SyncJob::Checkpoint(Box::new(CheckpointJob {
+            log,
+            cp: Checkpoint {
+                time: timestamp(SystemTime::now()),
+                replica: self.cfg.replica.clone(),
+                file: self.file_name.clone(),
+                seq: self.seq,
+                hash: self.prev.clone(),
+                reason: reason.to_string(),
+                key: String::new(),
+                sig: String::new(),
+            },
+            path: self.file_path(&name),
+            name,
+        })))
     }
 
-    fn checkpoint_now(&mut self, reason: &str) {
-        if self.file.is_none() || self.seq == self.checkpointed_seq {
-            return;
-        }
-        // The checkpoint must never refer to a record the disk does not have yet.
-        self.sync();
-        let cp = Checkpoint {
-            time: timestamp(SystemTime::now()),
-            replica: self.cfg.replica.clone(),
-            file: self.file_name.clone(),
-            seq: self.seq,
-            hash: self.prev.clone(),
-            reason: reason.to_string(),
-            key: String::new(),
-            sig: String::new(),
-        };
-        let line = match &self.signer {
-            Some(s) => s.sign(cp),
-            None => {
-                let mut l = serde_json::to_vec(&cp).unwrap_or_default();
-                l.push(b'\n');
-                l
-            }
-        };
-        let name = format!("{}.checkpoints", self.file_name);
-        let ok = append_synced(&self.file_path(&name), &line).is_ok();
-        if let Some(mirror) = &self.cfg.mirror
-            && let Err(e) = append_synced(&mirror.join(&name), &line)
+    /// What a checkpoint handed to the syncer leaves behind: its sync covers what was
+    /// written so far.
+    fn checkpoint_handed(&mut self) {
+        self.checkpointed_seq = self.seq;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+    }
+
+    /// A checkpoint (count, interval) the writer does not wait for. If the syncer's queue is
+    /// full, the next tick tries again.
+    fn checkpoint(&mut self, reason: &str) {
+        if let Some(job) = self.checkpoint_job(reason)
+            && self.syncer.try_send(job).is_ok()
         {
-            tracing::warn!(dir = %mirror.display(), error = %e, "cannot write the audit checkpoint mirror");
-            self.metrics.mirror_errors.inc();
+            self.checkpoint_handed();
         }
-        if ok {
-            self.checkpointed_seq = self.seq;
-            self.since_checkpoint = 0;
-            self.last_checkpoint = Instant::now();
-            self.metrics.checkpoints.inc();
-        } else {
-            self.metrics.write_errors.inc();
-        }
+    }
+
+    /// A checkpoint the writer waits for (rotation, shutdown), together with everything
+    /// handed to the syncer before it.
+    fn checkpoint_and_wait(&mut self, reason: &str) {
+        off_runtime(|| {
+            if let Some(job) = self.checkpoint_job(reason)
+                && self.syncer.send(job).is_ok()
+            {
+                self.checkpoint_handed();
+            }
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            if self.syncer.send(SyncJob::Barrier(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        })
     }
 }
 

@@ -29,6 +29,8 @@ usage: bench/proxy.sh [options]
                     instead of the working tree
   --no-build        do not run cargo (binaries must exist in the target dir)
   --hold            after the rounds, keep everything running until Ctrl-C (for perf)
+  --audit-extra T   lines added to gatehouse's [audit] section, e.g.
+                    'checkpoint_every = 100000000' (recorded in the results)
   --out FILE        results file (default bench/results/proxy-<date>.txt)
   --max-seconds S   hard limit for the whole script (default: computed from the plan)
   --max-other P     a run where other processes used more than P% of core 0 or core 1 is
@@ -51,6 +53,7 @@ GATEHOUSE_BIN=""
 REV=""
 BUILD=1
 HOLD=0
+AUDIT_EXTRA=""
 OUT=""
 MAX_SECONDS=""
 PROXY_CORE=0
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
         --rev) REV=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --hold) HOLD=1; shift ;;
+        --audit-extra) AUDIT_EXTRA=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --max-seconds) MAX_SECONDS=$2; shift 2 ;;
         --max-other) MAX_OTHER=$2; shift 2 ;;
@@ -267,7 +271,8 @@ if "$GATEHOUSE_BIN" audit keygen --out "$TMP/gatehouse/audit.pem" >/dev/null 2>&
     GH_AUDIT="[audit]
 dir = \"$TMP/gatehouse/audit\"
 replica = \"bench\"
-signing_key_file = \"$TMP/gatehouse/audit.pem\""
+signing_key_file = \"$TMP/gatehouse/audit.pem\"
+$AUDIT_EXTRA"
 fi
 gatehouse_config() { # $1: extra route lines, $2: audit section
     cat <<EOF
@@ -306,6 +311,11 @@ done
 [ -n "$GH_ACCEPTED" ] || { cat "$TMP/gatehouse/check.log" >&2; echo "no gatehouse config this binary accepts" >&2; exit 1; }
 if grep -q '^\[audit\]' "$GH_CONF"; then
     echo "gatehouse audit log: on (fsync batch, $TMP/gatehouse/audit)"
+    [ -z "$AUDIT_EXTRA" ] || log "audit:     [audit] plus: $(echo "$AUDIT_EXTRA" | tr '\n' ';')"
+elif [ -n "$AUDIT_EXTRA" ]; then
+    cat "$TMP/gatehouse/check.log" >&2
+    echo "--audit-extra: this binary does not accept the [audit] section with those lines" >&2
+    exit 1
 else
     echo "gatehouse audit log: not in this build"
 fi

@@ -515,7 +515,8 @@ struct Writer {
     buffer: Vec<u8>,
     /// Hands fsyncs and checkpoints to the syncer thread (off the writing path).
     syncer: std::sync::mpsc::SyncSender<SyncJob>,
-    /// Set by the syncer when a checkpoint could not be written: the next tick makes another.
+    /// Set by the syncer when a checkpoint could not be written: the next one names the
+    /// latest record again.
     checkpoint_failed: Arc<AtomicBool>,
     healthy: Arc<AtomicBool>,
     metrics: Arc<AuditMetrics>,

@@ -300,6 +300,13 @@ if [ "$NGINX" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------
+# strace -c's table as "name calls (per request)", busiest first. `calls` is the fourth
+# column; a call that failed sometimes has an `errors` column before the name.
+syscall_table() { # requests strace-file
+    awk 'NR > 2 && $1 !~ /^-/ && $NF != "total" && $4 ~ /^[0-9]+$/ { printf "  %-16s %10s  (%.2f per request)\n", $NF, $4, $4 / n }' n="$1" "$2" |
+        sort -k2,2nr | head -16
+}
+
 # system calls (strace -c, no valgrind): the same measured load
 
 strace_run() { # url count-fn pid [wrk options] -> "syscalls requests", table in $TMP/strace.<pid>
@@ -349,10 +356,10 @@ gh_sha=$(callgrind_annotate --inclusive=yes "$gh_file" 2>/dev/null |
 log "gatehouse without SHA-256 blocks: $(per "$(( gh_instr - ${gh_sha:-0} ))" "$gh_req") instructions/req (SHA-256 under valgrind: $(per "${gh_sha:-0}" "$gh_req"), AVX code path)"
 log ""
 log "gatehouse system calls (strace -c over $gh_sreq requests):"
-awk 'NR > 2 && $1 !~ /^-/ { printf "  %-16s %10s  (%.2f per request)\n", $NF, $(NF-1) ~ /^[0-9]+$/ ? $(NF-1) : $(NF-2), ($(NF-1) ~ /^[0-9]+$/ ? $(NF-1) : $(NF-2)) / n }' n="$gh_sreq" "$gh_strace" | grep -v " total " | head -12 | tee -a "$OUT"
+syscall_table "$gh_sreq" "$gh_strace" | tee -a "$OUT"
 if [ "$NGINX" = 1 ]; then
     log "nginx system calls (strace -c over $nx_sreq requests):"
-    awk 'NR > 2 && $1 !~ /^-/ { printf "  %-16s %10s  (%.2f per request)\n", $NF, $(NF-1) ~ /^[0-9]+$/ ? $(NF-1) : $(NF-2), ($(NF-1) ~ /^[0-9]+$/ ? $(NF-1) : $(NF-2)) / n }' n="$nx_sreq" "$nx_strace" | grep -v " total " | head -12 | tee -a "$OUT"
+    syscall_table "$nx_sreq" "$nx_strace" | tee -a "$OUT"
 fi
 log ""
 log "gatehouse: functions by inclusive instructions per request (top $TOP):"

@@ -1364,7 +1364,8 @@ fn a_checkpoint_that_could_not_be_written_is_made_again() {
     let dir = tmp.path().join("audit");
     let mut cfg = config(&dir, "r1");
     cfg.checkpoint_every = u64::MAX;
-    cfg.checkpoint_interval = Duration::from_millis(300);
+    // Long enough that the directory is in place before the first interval comes due.
+    cfg.checkpoint_interval = Duration::from_secs(1);
     let metrics = Arc::new(AuditMetrics::unregistered().unwrap());
     runtime().block_on(async {
         let log = AuditLog::start(cfg, metrics.clone()).unwrap();

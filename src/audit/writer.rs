@@ -346,9 +346,7 @@ fn start_syncer(
             for job in rx {
                 match job {
                     SyncJob::Sync(f) => {
-                        // What was written before the sync is on disk after it.
-                        let written = f.metadata().map_or(0, |m| m.len());
-                        if let Err(e) = sync_file(&f, written) {
+                        if let Err(e) = sync_written(&f) {
                             metrics.write_errors.inc();
                             tracing::error!(error = %e, "audit log fsync failed");
                         }
@@ -360,8 +358,7 @@ fn start_syncer(
                             path,
                             name,
                         } = *job;
-                        let written = log.metadata().map_or(0, |m| m.len());
-                        let ok = match sync_file(&log, written) {
+                        let ok = match sync_written(&log) {
                             Ok(()) => write_checkpoint(
                                 cp,
                                 &path,
@@ -393,6 +390,12 @@ fn start_syncer(
             message: format!("cannot start the syncer thread: {e}"),
         })?;
     Ok(tx)
+}
+
+/// [`sync_file`] for a handle that the writer may still be appending through: what was
+/// written before the call is on disk after it.
+fn sync_written(f: &File) -> std::io::Result<()> {
+    sync_file(f, f.metadata().map_or(0, |m| m.len()))
 }
 
 /// Signs `cp` (when a key is configured) and appends it to `path` and to the mirror.
